@@ -1,0 +1,1 @@
+"""Pure tensor math for sparse attention (torch only; never imports fairseq)."""

@@ -1,0 +1,90 @@
+"""A meta-path finder that runs each compatibility fix when the module it fixes is imported."""
+
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+from typing import Callable, Dict, List, Tuple
+
+# fix name -> (module that triggers it, "before" or "after" its import, "module:function" to run)
+FIXES: Dict[str, Tuple[str, str, str]] = {
+    "dataclass_defaults_fairseq": ("fairseq", "before", "dataclass_defaults:install"),
+    "dataclass_defaults_hydra": ("hydra", "before", "dataclass_defaults:install"),
+    "checkpoint_loading": ("fairseq", "after", "checkpoint_loading:install"),
+    "bettertransformer": ("fairseq.modules.transformer_layer", "after", "bettertransformer:install"),
+    "numpy2_token_block": ("fairseq.data.token_block_dataset", "after", "numpy2:install"),
+    "numpy2_language_pair": ("fairseq.data.language_pair_dataset", "after", "numpy2:install"),
+    "numpy2_data_utils": ("fairseq.data.data_utils", "after", "numpy2:install"),
+}
+
+
+def enabled_fixes() -> List[str]:
+    """Names of the fixes that the environment leaves switched on."""
+    if os.environ.get("SPARSE_ATTN_FAIRSEQ_COMPAT", "1").strip().lower() in ("0", "false", "off", "no"):
+        return []
+    disabled = {n.strip() for n in os.environ.get("SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE", "").split(",")}
+    unknown = disabled - set(FIXES) - {""}
+    if unknown:
+        raise ValueError(
+            f"SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE names unknown fixes {sorted(unknown)}; "
+            f"valid: {sorted(FIXES)}"
+        )
+    return [name for name in FIXES if name not in disabled]
+
+
+def _resolve(target: str) -> Callable:
+    module_name, function_name = target.split(":")
+    module = importlib.import_module(f"sparse_attn_fairseq_compat.{module_name}")
+    return getattr(module, function_name)
+
+
+class _FixFinder(importlib.abc.MetaPathFinder):
+    """Runs "before" fixes on first import of a trigger; wraps the loader to run "after" fixes."""
+
+    def __init__(self, fixes: List[str]):
+        self.pending: Dict[str, List[Tuple[str, str]]] = {}
+        for name in fixes:
+            module, when, target = FIXES[name]
+            self.pending.setdefault(module, []).append((when, target))
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.pending:
+            return None
+        fixes = self.pending.pop(fullname)
+        for when, target_fn in fixes:
+            if when == "before":
+                _resolve(target_fn)(fullname)
+        after = [t for w, t in fixes if w == "after"]
+        if not after:
+            return None
+        spec = importlib.util.find_spec(fullname) if fullname not in sys.modules else None
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _PatchingLoader(spec.loader, after)
+        return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader, targets: List[str]):
+        self.loader, self.targets = loader, targets
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        for target in self.targets:
+            _resolve(target)(module.__name__)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package ... for tracebacks and pkgutil
+        return getattr(self.loader, name)
+
+
+def install() -> None:
+    """Register the import hook once. Called from the .pth file at interpreter start-up."""
+    if any(isinstance(f, _FixFinder) for f in sys.meta_path):
+        return
+    fixes = enabled_fixes()
+    if fixes:
+        sys.meta_path.insert(0, _FixFinder(fixes))

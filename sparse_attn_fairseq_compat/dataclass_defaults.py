@@ -1,7 +1,7 @@
 """Fix: Python 3.11+ rejects dataclass instances as field defaults ("mutable default ... use
 default_factory"), which fairseq 0.12.2 configs and hydra-core 1.0.7 use everywhere, so
 ``import fairseq`` fails. Affects Python >= 3.11. Switch: SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE=
-dataclass_defaults_fairseq,dataclass_defaults_hydra.
+dataclass_defaults.
 
 Only classes defined in fairseq/hydra modules are exempted, and their ``Field.default`` keeps the
 instance itself (hydra's structured configs read it; converting to default_factory breaks hydra),

@@ -1,16 +1,16 @@
 """A meta-path finder that runs each compatibility fix when the module it fixes is imported."""
 
 import importlib
-import importlib.abc
-import importlib.util
 import os
 import sys
-from typing import Callable, Dict, List, Tuple
+
+# Kept import-light (no typing, no importlib.abc/util): this module loads in every interpreter.
 
 # fix name -> (module that triggers it, "before" or "after" its import, "module:function" to run)
-FIXES: Dict[str, Tuple[str, str, str]] = {
-    "dataclass_defaults_fairseq": ("fairseq", "before", "dataclass_defaults:install"),
-    "dataclass_defaults_hydra": ("hydra", "before", "dataclass_defaults:install"),
+FIXES: dict[str, tuple[str, str, str]] = {
+    # On dataclasses itself, not fairseq/hydra: pytest's assertion rewriter imports hydra's
+    # pytest plugin through its own finder, ahead of ours. The fix exempts fairseq/hydra only.
+    "dataclass_defaults": ("dataclasses", "after", "dataclass_defaults:install"),
     "checkpoint_loading": ("fairseq", "after", "checkpoint_loading:install"),
     "bettertransformer": ("fairseq.modules.transformer_layer", "after", "bettertransformer:install"),
     "numpy2_token_block": ("fairseq.data.token_block_dataset", "after", "numpy2:install"),
@@ -19,7 +19,7 @@ FIXES: Dict[str, Tuple[str, str, str]] = {
 }
 
 
-def enabled_fixes() -> List[str]:
+def enabled_fixes() -> list[str]:
     """Names of the fixes that the environment leaves switched on."""
     if os.environ.get("SPARSE_ATTN_FAIRSEQ_COMPAT", "1").strip().lower() in ("0", "false", "off", "no"):
         return []
@@ -33,17 +33,18 @@ def enabled_fixes() -> List[str]:
     return [name for name in FIXES if name not in disabled]
 
 
-def _resolve(target: str) -> Callable:
+def _resolve(target: str):
     module_name, function_name = target.split(":")
     module = importlib.import_module(f"sparse_attn_fairseq_compat.{module_name}")
     return getattr(module, function_name)
 
 
-class _FixFinder(importlib.abc.MetaPathFinder):
-    """Runs "before" fixes on first import of a trigger; wraps the loader to run "after" fixes."""
+class _FixFinder:
+    """A meta-path finder: runs "before" fixes on first import of a trigger module and wraps its
+    loader to run "after" fixes once the module has executed."""
 
-    def __init__(self, fixes: List[str]):
-        self.pending: Dict[str, List[Tuple[str, str]]] = {}
+    def __init__(self, fixes: list[str]):
+        self.pending: dict[str, list[tuple[str, str]]] = {}
         for name in fixes:
             module, when, target = FIXES[name]
             self.pending.setdefault(module, []).append((when, target))
@@ -58,15 +59,25 @@ class _FixFinder(importlib.abc.MetaPathFinder):
         after = [t for w, t in fixes if w == "after"]
         if not after:
             return None
-        spec = importlib.util.find_spec(fullname) if fullname not in sys.modules else None
+        spec = self._find_elsewhere(fullname, path, target)
         if spec is None or spec.loader is None:
             return spec
         spec.loader = _PatchingLoader(spec.loader, after)
         return spec
 
+    def _find_elsewhere(self, fullname, path, target):
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    return spec
+        return None
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader, targets: List[str]):
+
+class _PatchingLoader:
+    """Delegates to the real loader, then runs the fixes on the freshly executed module."""
+
+    def __init__(self, loader, targets: list[str]):
         self.loader, self.targets = loader, targets
 
     def create_module(self, spec):
@@ -82,9 +93,15 @@ class _PatchingLoader(importlib.abc.Loader):
 
 
 def install() -> None:
-    """Register the import hook once. Called from the .pth file at interpreter start-up."""
+    """Register the import hook once. Called from the .pth file at interpreter start-up.
+
+    Fixes whose module is already imported run at once.
+    """
     if any(isinstance(f, _FixFinder) for f in sys.meta_path):
         return
-    fixes = enabled_fixes()
-    if fixes:
-        sys.meta_path.insert(0, _FixFinder(fixes))
+    finder = _FixFinder(enabled_fixes())
+    for module in [m for m in finder.pending if m in sys.modules]:
+        for _when, target in finder.pending.pop(module):
+            _resolve(target)(module)
+    if finder.pending:
+        sys.meta_path.insert(0, finder)

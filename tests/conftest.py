@@ -1,0 +1,87 @@
+"""Shared fixtures: run the real fairseq console scripts on small generated data, as a user would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = REPO / "sparse_attn_fairseq"
+BIN = Path(sys.executable).parent
+
+# A model small enough to train in seconds on 2 cores, for the command-line tests.
+TINY_TRANSLATION_FLAGS = [
+    "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    "--share-all-embeddings", "--dropout", "0.1",
+    "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+    "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+    "--max-tokens", "1024", "--seed", "1", "--cpu", "--num-workers", "0",
+    "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
+]
+
+
+def cli_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment for a console script: this interpreter's bin first, our switches cleared."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARSE_ATTN_FAIRSEQ")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(command: str, *args, env: Optional[Dict[str, str]] = None, check: bool = True,
+            stdin: Optional[str] = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script (from this interpreter's bin folder) and fail with its output tail."""
+    executable = BIN / command if (BIN / command).exists() else command
+    result = subprocess.run(
+        [str(executable), *map(str, args)], capture_output=True, text=True, input=stdin,
+        env=cli_env(env), timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{command} exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
+            f"\n--- stderr ---\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+def make_translation_data(root: Path, train: int = 300, valid: int = 40, test: int = 40) -> Path:
+    """Synthetic pair, binarised with a joined dictionary; returns the data-bin folder."""
+    raw, data_bin = root / "raw", root / "bin"
+    run_cli("python", "-m", "sparse_attn_fairseq.data.synthetic_pair", raw,
+            "--train", train, "--valid", valid, "--test", test)
+    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+            "--trainpref", raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test",
+            "--destdir", data_bin, "--joined-dictionary", "--workers", "1")
+    return data_bin
+
+
+def train_translation(data_bin: Path, save_dir: Path, arch: str, max_update: int,
+                      extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny translation model with the plugin loaded."""
+    return run_cli("fairseq-train", data_bin, "--user-dir", USER_DIR, "--arch", arch,
+                   *TINY_TRANSLATION_FLAGS, "--max-update", max_update, "--save-dir", save_dir, *extra)
+
+
+@pytest.fixture(scope="session")
+def translation_data(tmp_path_factory) -> Path:
+    """Binarised synthetic translation data (300 train pairs)."""
+    return make_translation_data(tmp_path_factory.mktemp("translation"))
+
+
+@pytest.fixture(scope="session")
+def transformer_checkpoint(translation_data, tmp_path_factory) -> Path:
+    """A stock fairseq transformer trained for 20 updates; returns its checkpoint_last.pt."""
+    save_dir = tmp_path_factory.mktemp("transformer_ckpt")
+    train_translation(translation_data, save_dir, "transformer", 20)
+    return save_dir / "checkpoint_last.pt"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: builds a virtual environment or trains for long")

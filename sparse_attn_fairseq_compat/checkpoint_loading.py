@@ -50,7 +50,17 @@ def _trusted() -> bool:
 
 
 def _describe(f) -> str:
-    return repr(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else "an in-memory checkpoint"
+    if isinstance(f, (str, os.PathLike)):
+        return repr(os.fspath(f))
+    name = getattr(f, "name", None)  # fairseq opens the file itself
+    return repr(name) if isinstance(name, str) else "an in-memory checkpoint"
+
+
+def _offending_global(error: Exception) -> str:
+    """The line of torch's message that names the refused global (it is not the first line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [repr(error)])[0]
 
 
 def load(f, *args, **kwargs):
@@ -63,19 +73,28 @@ def load(f, *args, **kwargs):
     try:
         with torch.serialization.safe_globals(allowed_globals()):
             return _original_load(f, *args, weights_only=True, **kwargs)
-    except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise _explain(error, f) from error
+
+
+def _explain(error: Exception, f) -> Exception:
+    """Turn torch's load failure into an error that says what is wrong with which file."""
+    offending = _offending_global(error)
+    if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in offending:
+        return UnsafeCheckpointError(
             f"refusing to load {_describe(f)}: it contains a global that fairseq checkpoints do not "
-            f"(torch says: {str(error).splitlines()[0] if str(error) else error!r}). Loading it would "
-            f"run code from the file. If you trust it, set {TRUST_VARIABLE}=1."
-        ) from error
-    except (RuntimeError, EOFError) as error:
-        if "zip archive" in str(error) or isinstance(error, EOFError) or "Ran out of input" in str(error):
-            raise CorruptCheckpointError(
-                f"cannot read checkpoint {_describe(f)}: the file is truncated or not a torch "
-                f"checkpoint ({error})"
-            ) from error
-        raise
+            f"({offending}). Loading it could run code from the file. If you trust it, set "
+            f"{TRUST_VARIABLE}=1."
+        )
+    unreadable = isinstance(error, (pickle.UnpicklingError, EOFError)) or (
+        isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError))
+    ) or "PytorchStreamReader" in str(error) or "zip archive" in str(error)
+    if not unreadable:
+        return error
+    return CorruptCheckpointError(
+        f"cannot read checkpoint {_describe(f)}: the file is truncated, corrupt or not a fairseq "
+        f"checkpoint ({offending})"
+    )
 
 
 def install(_trigger: str = "") -> None:

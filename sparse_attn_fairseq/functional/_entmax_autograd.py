@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from sparse_attn_fairseq.functional._threshold import solve_threshold
-from sparse_attn_fairseq.functional.masking import masked_copy, shift_by_row_max
+from sparse_attn_fairseq.functional._threshold import dot_last, solve_threshold
+from sparse_attn_fairseq.functional.masking import compute_dtype, dead_rows
 
 
 def _tiny(x: torch.Tensor) -> float:
@@ -19,9 +19,15 @@ def _tiny(x: torch.Tensor) -> float:
 
 
 def _scaled_rows(scores: torch.Tensor, mask: torch.Tensor | None, alpha_minus_one) -> torch.Tensor:
-    """z = (alpha - 1) * (scores - row max), masked entries -inf; shifting first keeps logits of 1e4 exact."""
-    z = masked_copy(scores, mask)  # (..., n) fresh compute-dtype copy
-    shift_by_row_max(z, scores.dtype)
+    """z = (alpha - 1) * (scores - row max), masked entries -inf, as a fresh compute-dtype tensor.
+
+    Shifting before scaling keeps logits of magnitude 1e4 exact in float32. Fully masked rows are shifted by 0.
+    """
+    x = scores.to(compute_dtype(scores.dtype))  # no copy for float32 / float64
+    if mask is not None:
+        x = x.masked_fill(mask, float("-inf"))  # (..., n) copy
+    row_max = x.amax(dim=-1, keepdim=True)  # (..., 1)
+    z = x - row_max.masked_fill_(dead_rows(row_max, scores.dtype), 0.0)  # (..., n) fresh
     if not (isinstance(alpha_minus_one, float) and alpha_minus_one == 1.0):
         z.mul_(alpha_minus_one)
     return z
@@ -33,7 +39,7 @@ def support_grad(u: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, tor
     A row with empty support (fully masked) has u = 0 and gets a zero gradient, not 0/0.
     """
     u_sum = u.sum(-1, keepdim=True).clamp_min_(_tiny(u))  # (..., 1)
-    g_bar = torch.linalg.vecdot(u, grad).unsqueeze(-1).div_(u_sum)  # (..., 1)
+    g_bar = dot_last(u, grad).div_(u_sum)  # (..., 1)
     return (grad - g_bar).mul_(u), g_bar
 
 
@@ -108,8 +114,8 @@ class EntmaxAlphaFunction(torch.autograd.Function):
 def _alpha_grad(p, grad, g_bar, alpha):
     """Per-row sum_i g_i dp_i/dalpha = (sum g p - g_bar) / (a-1)^2 + (sum g h - g_bar sum h) / (a-1); (..., 1)."""
     alpha_minus_one = alpha - 1.0
-    p_log_p = torch.special.xlogy(p, p)  # (..., n) = -h
-    g_p = torch.linalg.vecdot(grad, p).unsqueeze(-1)  # (..., 1)
-    g_h = torch.linalg.vecdot(grad, p_log_p).unsqueeze(-1).neg_()  # (..., 1)
+    p_log_p = p.clamp_min(_tiny(p)).log_().mul_(p)  # (..., n) = -h; 0 where p = 0 (xlogy is ~5x slower)
+    g_p = dot_last(grad, p)  # (..., 1)
+    g_h = dot_last(grad, p_log_p).neg_()  # (..., 1)
     h_sum = p_log_p.sum(-1, keepdim=True).neg_()  # (..., 1)
     return (g_p - g_bar) / alpha_minus_one**2 + (g_h - g_bar * h_sum) / alpha_minus_one

@@ -45,26 +45,6 @@ def check_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(scores.shape)}")
 
 
-def masked_copy(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Float32 (or float64) copy of ``scores`` with masked entries set to -inf; always a fresh tensor."""
-    out = scores.to(compute_dtype(scores.dtype), copy=True)
-    if mask is not None:
-        out.masked_fill_(mask, float("-inf"))
-    return out
-
-
 def dead_rows(row_max: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     """Rows whose largest score is masked (-inf or below the finite-mask threshold): all their keys are masked."""
     return row_max <= masked_score_threshold(input_dtype)
-
-
-def shift_by_row_max(z: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
-    """In place z <- z - max_j z_j; fully masked rows are shifted by 0 so they stay at -inf or hugely negative.
-
-    Returns:
-        Bool tensor of shape (..., 1): True for fully masked rows.
-    """
-    row_max = z.amax(dim=-1, keepdim=True)  # (..., 1)
-    dead = dead_rows(row_max, input_dtype)
-    z.sub_(row_max.masked_fill_(dead, 0.0))
-    return dead

@@ -98,7 +98,7 @@ def entmax_alpha(
         return sparsemax(scores, mask, dim)
     if alpha == 1.5:
         return entmax15(scores, mask, dim)
-    return _along_last_dim(lambda s, m: _cast_back(EntmaxAlphaFunction.apply(s, alpha, m)[0], s), scores, mask, dim)
+    return _along_last_dim(lambda s, m: EntmaxAlphaFunction.apply(s, alpha, m)[0], scores, mask, dim)
 
 
 def _entmax_alpha_tensor(scores: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
@@ -106,10 +106,10 @@ def _entmax_alpha_tensor(scores: torch.Tensor, mask: torch.Tensor | None, alpha:
     alpha_c = alpha.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
     is_one = alpha_c == 1.0
     if not bool(is_one.any()):
-        return _cast_back(EntmaxAlphaFunction.apply(scores, alpha_c, mask)[0], scores)
+        return EntmaxAlphaFunction.apply(scores, alpha_c, mask)[0]
     safe_alpha = alpha_c.masked_fill(is_one, 2.0)  # any valid value; those rows are replaced by softmax
-    p = _cast_back(EntmaxAlphaFunction.apply(scores, safe_alpha, mask)[0], scores)
-    return torch.where(is_one, softmax_masked(scores, mask), p)
+    p = EntmaxAlphaFunction.apply(scores, safe_alpha, mask)[0]
+    return torch.where(is_one, softmax_masked(scores, mask).to(p.dtype), p)
 
 
 def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> None:
@@ -130,10 +130,6 @@ def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> 
         raise ValueError(f"alpha must lie in [1, 2], got alpha={bad.flatten()[:8].tolist()} (first offending values)")
 
 
-def _cast_back(p: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    return p.to(scores.dtype)
-
-
 def _along_last_dim(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | None, dim: int, *alpha) -> torch.Tensor:
     """Run ``fn(scores, mask, *alpha)`` on the last dim: other dims are moved to the end and back."""
     dim = dim % scores.ndim if scores.ndim else 0
@@ -151,4 +147,6 @@ def _along_last_dim(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | Non
 def _apply_cast(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | None, *alpha) -> torch.Tensor:
     if not scores.dtype.is_floating_point:
         raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
-    return fn(scores, mask, *alpha)
+    if scores.numel() == 0:  # empty batch or zero keys: nothing to normalise; keep the graph for backward
+        return scores * 0.0
+    return fn(scores, mask, *alpha).to(scores.dtype)  # fp16 / bf16 were computed in float32

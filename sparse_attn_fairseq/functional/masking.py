@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import torch
 
-# Finite additive masks in the wild: -1e9, -1e8, torch.finfo(dtype).min. Real logits stay far above this.
-_FINITE_MASK_VALUE = -1e9
+# Finite additive masks in the wild: -1e9, -1e8, torch.finfo(dtype).min; -5e7 still catches -1e8 after bf16 rounding
+# (-99876864). Real logits stay far above this.
+_FINITE_MASK_VALUE = -5e7
 
 
 def masked_score_threshold(dtype: torch.dtype) -> float:
-    """Score at or below which an entry counts as masked: max(-1e9, finfo(dtype).min / 2).
+    """Score at or below which an entry counts as masked: max(-5e7, finfo(dtype).min / 2).
 
-    fp16 cannot hold -1e9, so there half its lowest value (-32752) is used; logits of magnitude 1e4 stay valid.
+    fp16 cannot hold -5e7, so there half its lowest value (-32752) is used; logits of magnitude 1e4 stay valid.
     """
     return max(_FINITE_MASK_VALUE, torch.finfo(dtype).min / 2)
 

@@ -33,14 +33,16 @@ def _scaled_rows(scores: torch.Tensor, mask: torch.Tensor | None, alpha_minus_on
     return z
 
 
-def support_grad(u: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """dL/dz = u * (g - sum(u g) / sum(u)); returns (dL/dz, sum(u g) / sum(u) of shape (..., 1)).
-
-    A row with empty support (fully masked) has u = 0 and gets a zero gradient, not 0/0.
-    """
+def support_mean(u: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """g_bar = sum(u g) / sum(u) per row, (..., 1); 0 for a row with empty support (fully masked), not 0/0."""
     u_sum = u.sum(-1, keepdim=True).clamp_min_(_tiny(u))  # (..., 1)
-    g_bar = dot_last(u, grad).div_(u_sum)  # (..., 1)
-    return (grad - g_bar).mul_(u), g_bar
+    return dot_last(u, grad).div_(u_sum)
+
+
+def support_grad(u: torch.Tensor, grad: torch.Tensor, g_bar: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/dz = u * (g - g_bar): the one backward of the whole entmax family (u = p^(2 - alpha))."""
+    g_bar = support_mean(u, grad) if g_bar is None else g_bar
+    return (grad - g_bar).mul_(u)
 
 
 class SparsemaxFunction(torch.autograd.Function):
@@ -58,8 +60,7 @@ class SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (p,) = ctx.saved_tensors
-        grad_scores, _ = support_grad((p > 0).to(p.dtype), grad)
-        return grad_scores, None
+        return support_grad(p.sign(), grad), None  # u = 1 on the support
 
 
 class Entmax15Function(torch.autograd.Function):
@@ -77,8 +78,7 @@ class Entmax15Function(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (p,) = ctx.saved_tensors
-        grad_scores, _ = support_grad(p.sqrt(), grad)
-        return grad_scores, None
+        return support_grad(p.sqrt(), grad), None  # u = p^(1/2)
 
 
 class EntmaxAlphaFunction(torch.autograd.Function):
@@ -104,10 +104,11 @@ class EntmaxAlphaFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_u):
         p, u, alpha = ctx.saved_tensors
-        grad_scores, g_bar = support_grad(u, grad)
+        g_bar = support_mean(u, grad)  # (..., 1)
         grad_alpha = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # before the scores gradient, so its temporary is freed first (peak memory)
             grad_alpha = _alpha_grad(p, grad, g_bar, alpha).sum_to_size(alpha.shape)
+        grad_scores = support_grad(u, grad, g_bar) if ctx.needs_input_grad[0] else None
         return grad_scores, grad_alpha, None
 
 

@@ -55,7 +55,7 @@ def _clamp_floor(d: torch.Tensor, floor, out: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(d, floor, out=out) if isinstance(floor, float) else torch.maximum(d, floor, out=out)
 
 
-def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor):
+def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None):
     """(S, T) at tau for a Newton step, using the scratch views d and u (same shape as z).
 
     General b: d is clamped at the floor instead of 0, so every entry at the floor adds c = floor^(b-1) to T. That
@@ -78,7 +78,7 @@ def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor):
     return S, T
 
 
-def _exact_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor):
+def _exact_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None):
     """Exact d = (z - tau)_+ (written into d) and S = sum d^b; u = d^(b-1) with exact zeros off the support."""
     torch.sub(z, tau, out=d).clamp_min_(0.0)
     if _special(b):
@@ -119,7 +119,7 @@ def _iterate(z, tau, b, stop: float, max_steps: int, d_buf, u_buf) -> None:
     zs, bs, ts = z, b, tau.clone()
     for _ in range(max_steps):
         m = zs.shape[0]
-        S, T = _step_moments(zs, ts, bs, d_buf[:m], u_buf[:m])
+        S, T = _step_moments(zs, ts, bs, d_buf[:m], None if u_buf is None else u_buf[:m])
         ts.add_(_newton_step(S, T, bs))
         tau.index_copy_(0, idx, ts)
         keep = (_residual(S) > stop).squeeze(-1)  # (active,)
@@ -147,7 +147,8 @@ def solve_threshold(z: torch.Tensor, b):
     rows = z.reshape(-1, shape[-1])  # (rows, n)
     b_rows = b.expand(shape[:-1] + (1,)).reshape(-1, 1) if isinstance(b, torch.Tensor) else b  # (rows, 1)
     tau = rows.new_full((rows.shape[0], 1), -1.0)  # (rows, 1)
-    d, u = torch.empty_like(rows), torch.empty_like(rows)  # scratch, then the results
+    d = torch.empty_like(rows)  # scratch, then the results; 1.5-entmax needs no second buffer
+    u = None if isinstance(b, float) and b == 2.0 else torch.empty_like(rows)
     _iterate(rows, tau, b_rows, loose, max_steps, d, u)
     S, u = _exact_moments(rows, tau, b_rows, d, u)
     late = (_residual(S) > tol).squeeze(-1).nonzero().squeeze(-1)  # (n_late,) rows that missed the tolerance
@@ -159,7 +160,7 @@ def solve_threshold(z: torch.Tensor, b):
 def _finish_late_rows(rows, tau, b_rows, late, outputs, tol: float, max_steps: int) -> None:
     """Fallback: iterate the rows in ``late`` to the strict tolerance and overwrite their (d, S, u) in place."""
     b_late, tau_late, z_late = _take(b_rows, late), tau[late], rows[late]
-    scratch = torch.empty_like(z_late), torch.empty_like(z_late)
+    scratch = torch.empty_like(z_late), None if outputs[2] is None and b_late == 2.0 else torch.empty_like(z_late)
     _iterate(z_late, tau_late, b_late, tol, max_steps, *scratch)
     S_late, u_late = _exact_moments(z_late, tau_late, b_late, *scratch)
     for full, part in zip(outputs, (scratch[0], S_late, u_late)):

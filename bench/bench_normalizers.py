@@ -134,7 +134,8 @@ def main(argv=None) -> None:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rounds = 3 if args.quick else args.rounds
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds={rounds}\n")
+    load = "n/a" if not hasattr(os, "getloadavg") else ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds={rounds}, load average {load}\n")
     print("| device, shape | normalizer | median ms (fwd+bwd) | time / softmax | peak extra memory / softmax |")
     print("|---|---|---:|---:|---:|")
     for device in devices:

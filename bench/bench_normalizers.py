@@ -128,7 +128,10 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per case (default 15)")
     parser.add_argument("--shapes", default=None, help="e.g. 64x256x256,16x1024x1024 (bsz*heads x tgt x src)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]

@@ -46,21 +46,25 @@ def support_grad(u: torch.Tensor, grad: torch.Tensor, g_bar: torch.Tensor | None
 
 
 class SparsemaxFunction(torch.autograd.Function):
-    """sparsemax(z) = argmin_{p in simplex} ||p - z||^2 (Martins & Astudillo, 2016); forward(scores, mask)."""
+    """sparsemax(z) = argmin_{p in simplex} ||p - z||^2 (Martins & Astudillo, 2016); forward(scores, mask) -> (p, s).
+
+    s = sign(p), the support indicator (u = p^0), is a by-product of the solver kept for backward.
+    """
 
     @staticmethod
-    def forward(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        d, total, _ = solve_threshold(_scaled_rows(scores, mask, 1.0), 1.0)
-        return d.div_(total.clamp_min_(_tiny(d)))  # (..., n)
+    def forward(scores: torch.Tensor, mask: torch.Tensor | None):
+        d, total, support = solve_threshold(_scaled_rows(scores, mask, 1.0), 1.0)
+        return d.div_(total.clamp_min_(_tiny(d))), support  # (..., n) twice
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
 
     @staticmethod
-    def backward(ctx, grad):
-        (p,) = ctx.saved_tensors
-        return support_grad(p.sign(), grad), None  # u = 1 on the support
+    def backward(ctx, grad, _grad_support):
+        (support,) = ctx.saved_tensors
+        return support_grad(support, grad), None
 
 
 class Entmax15Function(torch.autograd.Function):

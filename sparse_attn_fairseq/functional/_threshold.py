@@ -83,14 +83,14 @@ def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None):
 
 
 def _exact_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None):
-    """Exact d = (z - tau)_+ (written into d) and S = sum d^b; u = d^(b-1) (written into u, general b only).
+    """Exact d = (z - tau)_+ (written into d) and S = sum d^b; u = d^(b-1) (written into u; None for b = 2).
 
     General b: u is exp((b-1) log max(d, floor)), so off the support it still holds floor^(b-1); the caller zeroes
     it with :func:`_zero_off_support` (bool masks are avoided: masked_fill / where cost ~15x a float pass on CPU).
     """
     torch.sub(z, tau, out=d).clamp_min_(0.0)
-    if _special(b):
-        return (dot_last(d, d) if b == 2.0 else d.sum(-1, keepdim=True)), None
+    if _special(b):  # sparsemax: u = d^0 is the support indicator, kept for backward
+        return (dot_last(d, d), None) if b == 2.0 else (d.sum(-1, keepdim=True), torch.sign(d, out=u))
     _clamp_floor(d, _floor(b, z.dtype), out=u).log_().mul_(b - 1.0).exp_()
     return dot_last(u, d), u
 
@@ -153,7 +153,7 @@ def solve_threshold(z: torch.Tensor, b):
 
     Returns:
         (d, S, u) at the final tau: d = (z - tau)_+ of z's shape, S = sum_i d_i^b of shape (..., 1) (0 for fully
-        masked rows), u = d^(b-1) for general b (None when b is 1.0 or 2.0). d and u are fresh tensors.
+        masked rows), u = d^(b-1) (the support indicator for b = 1; None for b = 2). d and u are fresh tensors.
     """
     tol, loose, max_steps = _SETTINGS[z.dtype]
     shape = z.shape
@@ -167,7 +167,7 @@ def solve_threshold(z: torch.Tensor, b):
     late = (_residual(S) > tol).squeeze(-1).nonzero().squeeze(-1)  # (n_late,) rows that missed the tolerance
     if late.numel():
         _finish_late_rows(rows, tau, b_rows, late, (d, S, u), tol, max_steps)
-    if u is not None:
+    if not _special(b):
         _zero_off_support(u, d, scratch=rows)  # z is no longer needed: reuse it
     return d.view(shape), S.view(shape[:-1] + (1,)), None if u is None else u.view(shape)
 

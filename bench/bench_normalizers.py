@@ -128,13 +128,17 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per case (default 15)")
     parser.add_argument("--shapes", default=None, help="e.g. 64x256x256,16x1024x1024 (bsz*heads x tgt x src)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rounds = 3 if args.quick else args.rounds
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds={rounds}\n")
+    load = "n/a" if not hasattr(os, "getloadavg") else ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds={rounds}, load average {load}\n")
     print("| device, shape | normalizer | median ms (fwd+bwd) | time / softmax | peak extra memory / softmax |")
     print("|---|---|---:|---:|---:|")
     for device in devices:

@@ -50,7 +50,7 @@ def sparsemax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int =
     the sort-based algorithm (``reference.sparsemax_reference``). Args/Returns as :func:`softmax_masked`.
     """
     check_mask(scores, mask)
-    return _along_last_dim(lambda s, m: SparsemaxFunction.apply(s, m), scores, mask, dim)
+    return _along_last_dim(lambda s, m: SparsemaxFunction.apply(s, m)[0], scores, mask, dim)
 
 
 def entmax15(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
@@ -60,7 +60,7 @@ def entmax15(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = 
     equals the sort-based algorithm. Args/Returns as :func:`softmax_masked`.
     """
     check_mask(scores, mask)
-    return _along_last_dim(lambda s, m: Entmax15Function.apply(s, m), scores, mask, dim)
+    return _along_last_dim(lambda s, m: Entmax15Function.apply(s, m)[0], scores, mask, dim)
 
 
 def entmax_alpha(

@@ -68,7 +68,7 @@ def sparsemax_reference(scores, mask=None, dim=-1):
 
 
 def entmax15_reference(scores, mask=None, dim=-1):
-    """Sort-based 1.5-entmax on z / 2: tau_j = mean_j - sqrt((1 - j (msq_j - mean_j^2)) / j), support k = #{tau_j <= z_(j)}."""
+    """Sort-based 1.5-entmax on z / 2: tau_j = mean_j - sqrt((1 - j (msq_j - mean_j^2)) / j), k = #{tau_j <= z_(j)}."""
     x, dead = _prepare(scores, mask, dim)
     z = (x - x.max(dim=-1, keepdim=True).values) / 2
     zs = z.sort(dim=-1, descending=True).values

@@ -50,7 +50,7 @@ class AdaptiveSpan(nn.Module):
                 self.span_frac.fill_(self.init_span)
 
     def spans(self, query_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Spans in tokens: (num_heads,) static, or (bsz, num_heads, tgt_len) from features (tgt_len, bsz, embed_dim)."""
+        """Spans in tokens: (num_heads,) static; dynamic: (bsz, num_heads, tgt_len) from (tgt_len, bsz, embed_dim)."""
         if not self.dynamic:
             if query_features is not None:
                 raise ValueError("query_features are only used by a dynamic span")

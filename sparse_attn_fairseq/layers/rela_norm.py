@@ -44,7 +44,8 @@ class RelaOutputNorm(nn.Module):
             problems.append(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         if problems:
             raise ValueError("RelaOutputNorm: " + "; ".join(problems))
-        self.embed_dim, self.num_heads, self.variant, self.per_head, self.eps = embed_dim, num_heads, variant, per_head, eps
+        self.embed_dim, self.num_heads, self.variant = embed_dim, num_heads, variant
+        self.per_head, self.eps = per_head, eps
         self.gain = nn.Parameter(torch.empty(embed_dim))
         self.gate_weight = nn.Parameter(torch.empty(embed_dim)) if variant == "gated" else None
         self.reset_parameters()

@@ -1,4 +1,6 @@
 """Model registrations: one module per method. Importing this package registers them all."""
 
+from sparse_attn_fairseq.models import transformer_entmax
+
 # Architectures this package registers with fairseq (checked by the --user-dir tests).
-ARCHITECTURES: tuple = ()
+ARCHITECTURES: tuple = transformer_entmax.ARCHITECTURES

@@ -1,0 +1,100 @@
+"""fairseq-train words/s and fairseq-generate sentences/s of transformer_entmax (learned alpha) vs fairseq's transformer.
+
+Command (about 2 minutes per round on 2 idle CPU cores):  python bench/bench_fairseq_entmax.py
+Smoke run (about 1 minute):               python bench/bench_fairseq_entmax.py --quick
+
+Same data (the synthetic pair), same sizes, same seed, CPU. Runs alternate between the two models for ``--rounds``
+rounds; each round gives a ratio entmax / transformer of back-to-back runs, and the median over rounds is reported
+(shared machines swing several-fold between minutes: only ratios of adjacent runs mean anything).
+Train speed: median ``wps`` of the train_inner log lines. Generate speed: beam 5 on the test set with every hypothesis
+forced to exactly ``--gen-len`` tokens (--min-len = --max-len-b, --max-len-a 0), so both models do the same work
+whatever their quality. Targets: train >= 0.6x, generate >= 0.7x.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = REPO / "sparse_attn_fairseq"
+BIN = Path(sys.executable).parent
+MODELS = {"transformer": "transformer", "entmax": "transformer_entmax"}
+
+
+def run(command, *args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([str(BIN / command), *map(str, args)], capture_output=True, text=True, env=env)
+    if result.returncode:
+        sys.exit(f"{command} failed:\n{result.stderr[-3000:]}")
+    return result.stdout + result.stderr
+
+
+def make_data(root: Path, train: int) -> Path:
+    run("python", "-m", "sparse_attn_fairseq.data.synthetic_pair", root / "raw", "--train", train, "--valid", 100,
+        "--test", 200)
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", root / "raw/train",
+        "--validpref", root / "raw/valid", "--testpref", root / "raw/test", "--destdir", root / "bin",
+        "--joined-dictionary", "--workers", "1")
+    return root / "bin"
+
+
+def train_wps(data: Path, save_dir: Path, arch: str, args) -> float:
+    log = run("fairseq-train", data, "--user-dir", USER_DIR, "--arch", arch, "--encoder-layers", args.layers,
+              "--decoder-layers", args.layers, "--encoder-embed-dim", args.dim, "--decoder-embed-dim", args.dim,
+              "--encoder-ffn-embed-dim", 4 * args.dim, "--decoder-ffn-embed-dim", 4 * args.dim,
+              "--encoder-attention-heads", args.heads, "--decoder-attention-heads", args.heads,
+              "--share-all-embeddings", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", 2048, "--max-update",
+              args.updates, "--disable-validation", "--no-epoch-checkpoints", "--save-dir", save_dir, "--cpu",
+              "--seed", 1, "--log-format", "simple", "--log-interval", 5, "--num-workers", 0)
+    values = [float(v) for v in re.findall(r"train_inner .*?wps=([\d.]+)", log)]
+    return statistics.median(values[1:] or values)  # the first interval includes warm-up
+
+
+def generate_sps(data: Path, checkpoint: Path, args) -> float:
+    log = run("fairseq-generate", data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
+              "--beam", 5, "--batch-size", 32, "--cpu", "--max-len-a", 0, "--max-len-b", args.gen_len,
+              "--min-len", args.gen_len)
+    return float(re.search(r"Translated .*\(([\d.]+) sentences/s", log).group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--updates", type=int, default=40)
+    parser.add_argument("--gen-len", type=int, default=20)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.layers, args.dim, args.heads, args.updates = 1, 1, 32, 2, 12
+    torch_threads = os.environ.get("OMP_NUM_THREADS", "default")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = make_data(root, 600 if args.quick else 3000)
+        speeds = {name: {"train": [], "generate": []} for name in MODELS}
+        for round_index in range(args.rounds):
+            order = list(MODELS) if round_index % 2 == 0 else list(MODELS)[::-1]
+            for name in order:
+                save_dir = root / f"{name}-{round_index}"
+                speeds[name]["train"].append(train_wps(data, save_dir, MODELS[name], args))
+                speeds[name]["generate"].append(generate_sps(data, save_dir / "checkpoint_last.pt", args))
+                print(f"round {round_index} {name:12s} train {speeds[name]['train'][-1]:8.1f} wps   "
+                      f"generate {speeds[name]['generate'][-1]:6.2f} sentences/s", flush=True)
+    print(f"\nsizes: layers={args.layers} dim={args.dim} heads={args.heads}; OMP_NUM_THREADS={torch_threads}")
+    for metric, unit, target in (("train", "words/s", 0.6), ("generate", "sentences/s", 0.7)):
+        ratios = [ours / base for ours, base in zip(speeds["entmax"][metric], speeds["transformer"][metric])]
+        ratio = statistics.median(ratios)
+        verdict = "meets" if ratio >= target else "MISSES"
+        print(f"{metric:8s} ({unit}) per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}x "
+              f"({verdict} target {target}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Mask handling shared by every attention normalizer.
+
+Convention: ``mask`` is an optional bool tensor broadcastable to the scores, True = masked (excluded). A score that is
+``-inf``, or a large finite negative value used as an additive mask (see :func:`masked_score_threshold`), is masked
+too. Masked entries get weight exactly 0; a row whose keys are all masked gets all zeros (never NaN) and zero gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Finite additive masks in the wild: -1e9, -1e8, torch.finfo(dtype).min; -5e7 still catches -1e8 after bf16 rounding
+# (-99876864). Real logits stay far above this.
+_FINITE_MASK_VALUE = -5e7
+
+
+def masked_score_threshold(dtype: torch.dtype) -> float:
+    """Score at or below which an entry counts as masked: max(-5e7, finfo(dtype).min / 2).
+
+    fp16 cannot hold -5e7, so there half its lowest value (-32752) is used; logits of magnitude 1e4 stay valid.
+    """
+    return max(_FINITE_MASK_VALUE, torch.finfo(dtype).min / 2)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float32, fp16 and bf16 are computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Raise if ``mask`` is not a bool tensor broadcastable to ``scores``.
+
+    Raises:
+        TypeError: mask is not a bool tensor.
+        ValueError: mask does not broadcast to the scores' shape.
+    """
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = masked), got {getattr(mask, 'dtype', type(mask))}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, scores.shape)
+    except RuntimeError as err:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(scores.shape)}") from err
+    if shape != scores.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(scores.shape)}")
+
+
+def dead_rows(row_max: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
+    """Rows whose largest score is masked (-inf or below the finite-mask threshold): all their keys are masked."""
+    return row_max <= masked_score_threshold(input_dtype)

@@ -1,0 +1,78 @@
+"""Adaptive attention span (Sukhbaatar, Grave, Bojanowski, Joulin, ACL 2019, section 3).
+
+A soft mask on the query-key distance x, m_z(x) = clamp((R + z - x) / R, 0, 1), multiplies the normalised weights,
+which are then renormalised (ReLA skips that step). z is a learned span in tokens per head (static) or per query
+token (dynamic); R is the ramp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def span_distances(
+    tgt_len: int, src_len: int, causal: bool, query_offset: int = 0, key_offset: int = 0, device=None
+) -> torch.Tensor:
+    """Distance x between query i and key j: |i - j| (encoder) or i - j (causal decoder; negative = future key).
+
+    Query positions are query_offset + arange(tgt_len) and key positions key_offset + arange(src_len), so incremental
+    decoding (one query at position t, cropped keys starting at t - k + 1) uses the same distances as a full pass.
+
+    Returns:
+        (tgt_len, src_len) float32 tensor.
+    """
+    query = torch.arange(tgt_len, device=device, dtype=torch.float32) + query_offset  # (tgt_len,)
+    key = torch.arange(src_len, device=device, dtype=torch.float32) + key_offset  # (src_len,)
+    dist = query[:, None] - key[None, :]  # (tgt_len, src_len)
+    return dist if causal else dist.abs()
+
+
+def span_soft_mask(
+    span: torch.Tensor,
+    ramp: float,
+    tgt_len: int,
+    src_len: int,
+    causal: bool = False,
+    query_offset: int = 0,
+    key_offset: int = 0,
+) -> torch.Tensor:
+    """m(x) = clamp((R + z - x) / R, 0, 1); future keys (causal, x < 0) get 0. Differentiable in ``span``.
+
+    Args:
+        span: z in tokens: (num_heads,) static, or (bsz, num_heads, tgt_len) dynamic (one span per query token).
+        ramp: R > 0, the length of the linear ramp in tokens.
+        tgt_len, src_len: number of queries and keys.
+        causal: decoder self-attention (distance i - j >= 0) instead of encoder (|i - j|).
+        query_offset, key_offset: absolute position of the first query and the first key.
+
+    Returns:
+        (num_heads, tgt_len, src_len) for a static span, (bsz, num_heads, tgt_len, src_len) for a dynamic one;
+        float32 (or the span's dtype if it is float64).
+
+    Raises:
+        ValueError: ramp <= 0 or a span of another rank.
+    """
+    if ramp <= 0:
+        raise ValueError(f"ramp must be > 0, got ramp={ramp!r}")
+    if span.ndim not in (1, 3):
+        raise ValueError(f"span must be (num_heads,) or (bsz, num_heads, tgt_len), got shape {tuple(span.shape)}")
+    dist = span_distances(tgt_len, src_len, causal, query_offset, key_offset, span.device).to(span.dtype)
+    span = span[:, None, None] if span.ndim == 1 else span[..., None]  # (H, 1, 1) or (B, H, T, 1)
+    mask = ((ramp + span - dist) / ramp).clamp(0.0, 1.0)  # (H, T, S) or (B, H, T, S)
+    return mask.masked_fill(dist < 0, 0.0) if causal else mask
+
+
+def renormalize(weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """w / (sum_j w_j + eps) over the last dim: rows re-sum to ~1 after the span mask; all-zero rows stay zero."""
+    return weights / (weights.sum(dim=-1, keepdim=True) + eps)
+
+
+def keys_needed(max_span: float, ramp: float, length: int) -> int:
+    """Keys per side a query can see with nonzero mask: ceil(max_span + ramp), capped at ``length``.
+
+    The layer's longest head sets its cost: callers crop keys (and the incremental cache) to this many most recent
+    positions (decoder) or to this window on each side (encoder) without changing the result.
+    """
+    return int(min(length, max(0, math.ceil(float(max_span) + float(ramp)))))

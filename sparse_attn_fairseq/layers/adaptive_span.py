@@ -1,0 +1,123 @@
+"""Adaptive attention span (Sukhbaatar, Grave, Bojanowski, Joulin, ACL 2019, sections 3.1-3.2).
+
+Static: one learned z' in [0, 1] per head, span z = max_span * z'. Dynamic: z_t = max_span * sigmoid(v . x_t + b) per
+query token and head (b initialised to -4). The soft mask m(x) = clamp((R + z - x) / R, 0, 1) multiplies the weights
+after the normalizer; the row is then renormalised (ReLA skips that). ``clamp_()`` keeps z' in [0, 1] and must be
+called after each optimizer step: the forward never mutates parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparse_attn_fairseq.functional.span import keys_needed, renormalize, span_soft_mask
+
+
+class AdaptiveSpan(nn.Module):
+    """Learned soft span per head (static) or per query token and head (dynamic).
+
+    Args:
+        num_heads: heads of the attention layer.
+        max_span: S, the largest span in tokens.
+        ramp: R, length of the soft ramp in tokens (paper: 32).
+        init_span: initial z' in [0, 1] for static spans (paper: 0; half the span works as well).
+        dynamic: predict the span from the query features instead of learning one per head.
+        embed_dim: size of the query features; required if and only if ``dynamic``.
+
+    Raises:
+        ValueError: listing every invalid argument.
+    """
+
+    def __init__(self, num_heads: int, max_span: int, ramp: int = 32, init_span: float = 0.0, dynamic=False,
+                 embed_dim: int | None = None):
+        super().__init__()
+        _raise_problems(_span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim))
+        self.num_heads, self.max_span, self.ramp, self.dynamic = num_heads, max_span, ramp, dynamic
+        self.init_span = float(init_span)
+        if dynamic:
+            self.span_proj = nn.Linear(embed_dim, num_heads)  # v and b of z_t = S sigmoid(v . x_t + b), per head
+        else:
+            self.span_frac = nn.Parameter(torch.empty(num_heads))  # z' in [0, 1]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.dynamic:
+                nn.init.zeros_(self.span_proj.weight)
+                nn.init.constant_(self.span_proj.bias, -4.0)
+            else:
+                self.span_frac.fill_(self.init_span)
+
+    def spans(self, query_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Spans in tokens: (num_heads,) static; dynamic: (bsz, num_heads, tgt_len) from (tgt_len, bsz, embed_dim)."""
+        if not self.dynamic:
+            if query_features is not None:
+                raise ValueError("query_features are only used by a dynamic span")
+            return self.max_span * self.span_frac
+        if query_features is None:
+            raise ValueError("a dynamic span needs query_features (tgt_len, bsz, embed_dim)")
+        logits = self.span_proj(query_features)  # (tgt_len, bsz, num_heads)
+        return self.max_span * torch.sigmoid(logits.float()).permute(1, 2, 0)  # (bsz, num_heads, tgt_len)
+
+    def soft_mask(self, tgt_len: int, src_len: int, causal: bool, query_offset: int = 0, key_offset: int = 0,
+                  spans: torch.Tensor | None = None) -> torch.Tensor:
+        """m(x) for these positions: (num_heads, tgt_len, src_len), or (bsz, num_heads, tgt_len, src_len) if dynamic.
+
+        ``spans`` defaults to the static spans; pass ``self.spans(query_features)`` for a dynamic span.
+        """
+        spans = self.spans() if spans is None else spans
+        return span_soft_mask(spans, self.ramp, tgt_len, src_len, causal, query_offset, key_offset)
+
+    def forward(self, weights: torch.Tensor, causal: bool, query_offset: int = 0, key_offset: int = 0,
+                spans: torch.Tensor | None = None, renorm: bool = True) -> torch.Tensor:
+        """weights (bsz, num_heads, tgt_len, src_len) * m, then divided by the row sum + 1e-8 if ``renorm``."""
+        tgt_len, src_len = weights.shape[-2:]
+        mask = self.soft_mask(tgt_len, src_len, causal, query_offset, key_offset, spans)  # (.., H, T, S)
+        out = (weights * mask).to(weights.dtype)  # (bsz, num_heads, tgt_len, src_len)
+        return renormalize(out) if renorm else out
+
+    def span_loss(self, spans: torch.Tensor | None = None) -> torch.Tensor:
+        """S * mean(z') (static), or the mean dynamic span in tokens (pass the spans used in the forward)."""
+        if self.dynamic:
+            if spans is None:
+                raise ValueError("a dynamic span loss needs the spans computed in the forward")
+            return spans.mean()
+        return self.max_span * self.span_frac.mean()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Clamp z' to [0, 1]; call after each optimizer step. Dynamic spans are bounded by the sigmoid: no-op."""
+        if not self.dynamic:
+            self.span_frac.clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def current_spans(self, query_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Spans in tokens, detached, for logging: (num_heads,) or, dynamic, (bsz, num_heads, tgt_len)."""
+        return self.spans(query_features).clamp(0, self.max_span).detach()
+
+    def keys_needed(self, length: int, spans: torch.Tensor | None = None) -> int:
+        """Most recent keys (per side) with a nonzero mask: ceil(largest span + ramp), capped at ``length``."""
+        spans = self.current_spans() if spans is None else spans.detach()
+        largest = float(spans.max()) if spans.numel() else 0.0
+        return keys_needed(min(largest, self.max_span), self.ramp, length)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}"
+
+
+def _span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim) -> list[str]:
+    checks = [
+        (isinstance(num_heads, int) and num_heads >= 1, f"num_heads={num_heads!r} must be a positive int"),
+        (max_span > 0, f"max_span={max_span!r} must be > 0"),
+        (ramp > 0, f"ramp={ramp!r} must be > 0"),
+        (0.0 <= init_span <= 1.0, f"init_span={init_span!r} must lie in [0, 1] (a fraction of max_span)"),
+        (not dynamic or (embed_dim or 0) > 0, "dynamic=True needs embed_dim > 0"),
+        (dynamic or embed_dim is None, f"embed_dim={embed_dim!r} is only used with dynamic=True"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("AdaptiveSpan: " + "; ".join(problems))

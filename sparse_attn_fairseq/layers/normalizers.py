@@ -1,0 +1,179 @@
+"""Registry of attention normalizers: name -> module mapping scores (bsz, num_heads, tgt_len, src_len) to weights.
+
+A new normalizer is one function in functional/ plus one registered module here; the attention module never changes.
+Unknown or duplicate names raise and list the valid ones; options are validated once, at construction.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from sparse_attn_fairseq.functional.entmax import entmax15, entmax_alpha, softmax_masked, sparsemax
+from sparse_attn_fairseq.functional.rela import rela_weights
+
+_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register_normalizer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a normalizer under ``name``. Raises ValueError on a duplicate name."""
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"normalizer {name!r} is already registered (registered: {', '.join(sorted(_REGISTRY))})")
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def normalizer_names() -> tuple[str, ...]:
+    """Registered names, sorted (use these as CLI choices)."""
+    return tuple(sorted(_REGISTRY))
+
+
+def build_normalizer(name: str, num_heads: int, **options) -> nn.Module:
+    """Instantiate the normalizer ``name`` for ``num_heads`` heads with its validated options.
+
+    Raises:
+        ValueError: unknown name (listing the valid ones), unknown option, or invalid option values.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown normalizer {name!r}; valid: {', '.join(normalizer_names())}")
+    cls = _REGISTRY[name]
+    valid = [p for p in inspect.signature(cls).parameters if p != "num_heads"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"normalizer {name!r} has no option(s) {unknown}; its options are: {valid or 'none'}")
+    return cls(num_heads, **options)
+
+
+def _raise_problems(name: str, problems: list[str]) -> None:
+    if problems:
+        raise ValueError(f"invalid options for normalizer {name!r}: " + "; ".join(problems))
+
+
+class _Normalizer(nn.Module):
+    """Shared shape check; subclasses implement ``normalize``."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be a positive int, got num_heads={num_heads!r}")
+        self.num_heads = num_heads
+
+    def forward(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """scores (bsz, num_heads, tgt_len, src_len), mask bool broadcastable (True = masked) -> same shape/dtype."""
+        if scores.ndim != 4 or scores.shape[1] != self.num_heads:
+            raise ValueError(
+                f"{type(self).__name__} expects scores (bsz, {self.num_heads}, tgt_len, src_len), "
+                f"got {tuple(scores.shape)}"
+            )
+        return self.normalize(scores, mask)
+
+    def normalize(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"
+
+
+@register_normalizer("softmax")
+class SoftmaxNormalizer(_Normalizer):
+    """softmax over keys; fully masked rows give zeros."""
+
+    def normalize(self, scores, mask):
+        return softmax_masked(scores, mask)
+
+
+@register_normalizer("sparsemax")
+class SparsemaxNormalizer(_Normalizer):
+    """sparsemax over keys (alpha-entmax with alpha = 2)."""
+
+    def normalize(self, scores, mask):
+        return sparsemax(scores, mask)
+
+
+@register_normalizer("entmax15")
+class Entmax15Normalizer(_Normalizer):
+    """1.5-entmax over keys."""
+
+    def normalize(self, scores, mask):
+        return entmax15(scores, mask)
+
+
+@register_normalizer("entmax_fixed")
+class EntmaxFixedNormalizer(_Normalizer):
+    """alpha-entmax with one fixed alpha in [1, 2] for every head (no parameter)."""
+
+    def __init__(self, num_heads: int, alpha: float = 1.5):
+        super().__init__(num_heads)
+        problems = [] if isinstance(alpha, (int, float)) and 1.0 <= alpha <= 2.0 else [f"alpha={alpha!r} not in [1, 2]"]
+        _raise_problems("entmax_fixed", problems)
+        self.fixed_alpha = float(alpha)
+
+    def alpha(self) -> torch.Tensor:
+        """Per-head alpha, shape (num_heads,)."""
+        return torch.full((self.num_heads,), self.fixed_alpha)
+
+    def normalize(self, scores, mask):
+        return entmax_alpha(scores, self.fixed_alpha, mask)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, alpha={self.fixed_alpha}"
+
+
+@register_normalizer("entmax_alpha")
+class EntmaxAlphaNormalizer(_Normalizer):
+    """alpha-entmax with a learned alpha per head: alpha = clamp(1 + sigmoid(a), *clamp) (Correia et al., 2019, s. 3).
+
+    The raw ``a`` is the parameter and alpha is recomputed every forward, so alpha can never leave the clamp range.
+    ``init`` is an alpha value (a = logit(alpha - 1)) or "random" (a ~ N(0, 1), as in the paper).
+    """
+
+    def __init__(self, num_heads: int, init: float | str = 1.5, clamp: tuple[float, float] = (1.01, 2.0)):
+        super().__init__(num_heads)
+        _raise_problems("entmax_alpha", _alpha_problems(init, clamp))
+        self.init, self.clamp = init, (float(clamp[0]), float(clamp[1]))
+        self.a = nn.Parameter(torch.empty(num_heads))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.init == "random":
+                self.a.normal_(0.0, 1.0)
+            else:
+                frac = min(max(float(self.init) - 1.0, 1e-6), 1.0 - 1e-6)
+                self.a.fill_(math.log(frac / (1.0 - frac)))
+
+    def alpha(self) -> torch.Tensor:
+        """Per-head alpha, shape (num_heads,), differentiable w.r.t. ``a`` inside the clamp range."""
+        return (1.0 + torch.sigmoid(self.a)).clamp(*self.clamp)
+
+    def normalize(self, scores, mask):
+        return entmax_alpha(scores, self.alpha().view(self.num_heads, 1, 1), mask)  # alpha (num_heads, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}"
+
+
+def _alpha_problems(init, clamp) -> list[str]:
+    problems = []
+    ok_clamp = isinstance(clamp, (tuple, list)) and len(clamp) == 2 and 1.0 <= clamp[0] < clamp[1] <= 2.0
+    if not ok_clamp:
+        problems.append(f"clamp={clamp!r} must be (low, high) with 1 <= low < high <= 2")
+    if init != "random" and not (isinstance(init, (int, float)) and 1.0 <= init <= 2.0):
+        problems.append(f"init={init!r} must be an alpha in [1, 2] or 'random'")
+    return problems
+
+
+@register_normalizer("rela")
+class RelaNormalizer(_Normalizer):
+    """ReLA weights relu(scores), masked entries zeroed before the relu (Zhang et al., EMNLP 2021); unnormalised."""
+
+    def normalize(self, scores, mask):
+        return rela_weights(scores, mask)

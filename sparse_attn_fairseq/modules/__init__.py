@@ -1,0 +1,1 @@
+"""fairseq-facing modules: the one sparse attention module, layer subclasses and training-time logging."""

@@ -1,0 +1,42 @@
+"""Training and validation logging of attention sparsity and learned alpha, into fairseq's log lines.
+
+Per attention type (key "enc", "dec" or "encdec"), each full forward of each layer logs:
+
+* ``alpha_<key>``: mean alpha over heads (only for normalizers with an ``alpha()`` method), averaged over layers;
+* ``zeros_<key>``: fraction of exact zeros among the unmasked attention weights, pooled over layers and batches.
+
+Both go through ``fairseq.logging.metrics``, so they appear in the train, train_inner and valid lines and in
+tensorboard when enabled. Each rank logs its own batches (not all-reduced); rank 0 prints.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from fairseq.logging import metrics
+from torch import Tensor, nn
+
+
+def masked_count(mask: Optional[Tensor], shape: torch.Size) -> int:
+    """Number of entries of a tensor of ``shape`` that a broadcastable bool ``mask`` masks, without expanding it."""
+    if mask is None or mask.numel() == 0:
+        return 0
+    return int(mask.sum()) * (shape.numel() // mask.numel())
+
+
+@torch.no_grad()
+def log_attention_stats(key: str, weights: Tensor, mask: Optional[Tensor], normalizer: nn.Module) -> None:
+    """Log ``alpha_<key>`` and ``zeros_<key>`` for weights (bsz, num_heads, tgt_len, src_len).
+
+    Masked entries are exact zeros (the normalizer's contract), so zeros among unmasked entries are
+    numel - count_nonzero - masked: one reduction over the weights, no temporary of their size.
+    """
+    total = weights.numel()
+    unmasked = total - masked_count(mask, weights.shape)
+    if unmasked > 0:
+        zeros = total - int(torch.count_nonzero(weights)) - (total - unmasked)
+        metrics.log_scalar(f"zeros_{key}", zeros / unmasked, weight=unmasked, priority=250, round=3)
+    alpha = getattr(normalizer, "alpha", None)
+    if callable(alpha):
+        metrics.log_scalar(f"alpha_{key}", float(alpha().mean()), priority=250, round=3)

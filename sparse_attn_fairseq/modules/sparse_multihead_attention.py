@@ -1,0 +1,312 @@
+"""One fairseq attention module for every normalizer: softmax, sparsemax, entmax (fixed or learned alpha), ReLA.
+
+It honours fairseq 0.12.2's ``MultiheadAttention`` contract (forward signature and return, key padding and attention
+masks, incremental state, ``reorder_incremental_state``, cross-attention keys shared across a sentence's beams via
+``set_beam_size``, q_proj/k_proj/v_proj/out_proj names) so fairseq's layers, generator and checkpoints work unchanged.
+It never takes torch's fused softmax path (``F.multi_head_attention_forward``, ``scaled_dot_product_attention``): the
+normalizer is the one chosen from the registry. The forward reads as named steps:
+
+    project -> cache -> scores -> mask -> normalize -> span -> dropout -> mix values -> output norm -> out_proj
+
+Cached keys and values have fairseq's layout (kv_bsz, num_heads, src_len, head_dim).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from fairseq.incremental_decoding_utils import with_incremental_state
+from fairseq.modules.fairseq_dropout import FairseqDropout
+from fairseq.modules.multihead_attention import MultiheadAttention
+from fairseq.modules.quant_noise import quant_noise
+from torch import Tensor, nn
+
+from sparse_attn_fairseq.functional.masking import masked_score_threshold
+from sparse_attn_fairseq.modules.attention_stats import log_attention_stats
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@with_incremental_state
+class SparseMultiheadAttention(nn.Module):
+    """Multi-head attention whose score normalizer is a module (Correia et al., EMNLP 2019; Zhang et al., EMNLP 2021).
+
+    Args:
+        embed_dim: model dimension (query size and output size).
+        num_heads: number of heads; must divide embed_dim.
+        normalizer: maps scores (bsz, num_heads, tgt_len, src_len) and a bool mask (True = masked) to weights, e.g.
+            ``layers.normalizers.build_normalizer("entmax_alpha", num_heads)``.
+        kdim, vdim: key and value input sizes (default embed_dim).
+        dropout: attention dropout on the weights.
+        bias: biases of the four projections.
+        self_attention, encoder_decoder_attention: fairseq's two modes (at most one is True).
+        output_norm: optional module on the concatenated head outputs (tgt_len, bsz, embed_dim), before out_proj
+            (ReLA's RMSNorm).
+        span: optional adaptive span (``layers.adaptive_span.AdaptiveSpan``) applied to the weights.
+        causal: positions of a span are causal (decoder self-attention) rather than symmetric.
+        renormalize_span: divide span-masked rows by their sum (off for unnormalised ReLA weights).
+        q_noise, qn_block_size: fairseq's quant-noise on the projections.
+        stats_key: when set, full (non-incremental) forwards log mean alpha and the zero fraction under this name.
+
+    Raises:
+        ValueError: embed_dim not divisible by num_heads, or both attention modes set.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        normalizer: nn.Module,
+        kdim: Optional[int] = None,
+        vdim: Optional[int] = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        self_attention: bool = False,
+        encoder_decoder_attention: bool = False,
+        output_norm: Optional[nn.Module] = None,
+        span: Optional[nn.Module] = None,
+        causal: bool = False,
+        renormalize_span: bool = True,
+        q_noise: float = 0.0,
+        qn_block_size: int = 8,
+        stats_key: Optional[str] = None,
+    ):
+        super().__init__()
+        problems = []
+        if num_heads < 1 or embed_dim % num_heads:
+            problems.append(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        if self_attention and encoder_decoder_attention:
+            problems.append("self_attention and encoder_decoder_attention are exclusive")
+        if self_attention and (kdim or embed_dim) != embed_dim or self_attention and (vdim or embed_dim) != embed_dim:
+            problems.append("self-attention needs kdim == vdim == embed_dim")
+        if span is not None and not self_attention:
+            problems.append("an adaptive span needs self-attention (cross-attention has no shared position axis)")
+        if problems:
+            raise ValueError("SparseMultiheadAttention: " + "; ".join(problems))
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self.scaling = self.head_dim**-0.5
+        self.self_attention, self.encoder_decoder_attention = self_attention, encoder_decoder_attention
+        self.q_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.k_proj = quant_noise(nn.Linear(self.kdim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.v_proj = quant_noise(nn.Linear(self.vdim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.out_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=bias), q_noise, qn_block_size)
+        self.normalizer, self.output_norm, self.span = normalizer, output_norm, span
+        self.causal, self.renormalize_span = causal, renormalize_span
+        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.beam_size = 1
+        self.stats_key = stats_key
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's initialisation: scaled Xavier when q, k, v share a size, zero output bias."""
+        gain = 1 / math.sqrt(2) if self.kdim == self.vdim == self.embed_dim else 1.0
+        for proj in (self.k_proj, self.v_proj, self.q_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=gain)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        if self.out_proj.bias is not None:
+            nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """query (tgt_len, bsz, embed_dim) -> (out (tgt_len, bsz, embed_dim), weights or None).
+
+        weights are the normalised (sparse) probabilities before dropout: (bsz, tgt_len, src_len) averaged over heads,
+        or (num_heads, bsz, tgt_len, src_len) with ``need_head_weights``. With ``before_softmax`` the masked scores
+        (bsz * num_heads, tgt_len, src_len) and values (kv_bsz * num_heads, src_len, head_dim) are returned instead.
+        """
+        tgt_len, bsz, _ = query.shape
+        saved_state = self._get_input_buffer(incremental_state) if incremental_state is not None else None
+        if saved_state is not None and static_kv and "prev_key" in saved_state:
+            key = value = None  # static keys of this sentence are cached: skip their projection
+        q, k, v, key_padding_mask = self._project(query, key, value, key_padding_mask)
+        if saved_state is not None:
+            k, v, key_padding_mask = self._update_cache(incremental_state, saved_state, k, v, key_padding_mask, static_kv)
+        scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
+        scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
+        if before_softmax:
+            return self._before_softmax_output(scores, mask, v)
+        weights = self.normalizer(scores, mask)  # (bsz, num_heads, tgt_len, src_len)
+        if self.span is not None:
+            weights = self.span(weights, self.causal, query_offset=k.size(2) - tgt_len, renorm=self.renormalize_span)
+        if self.stats_key is not None and incremental_state is None:
+            log_attention_stats(self.stats_key, weights, mask, self.normalizer)
+        attn = self._mix_values(self.dropout_module(weights), v)  # (tgt_len, bsz, embed_dim)
+        if self.output_norm is not None:
+            attn = self.output_norm(attn)
+        return self.out_proj(attn), self._returned_weights(weights, need_weights or need_head_weights, need_head_weights)
+
+    def _project(
+        self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor], key_padding_mask: Optional[Tensor]
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """Project and split heads: q (bsz, H, tgt_len, head_dim); k, v (kv_bsz, H, src_len, head_dim) or None."""
+        tgt_len, bsz, _ = query.shape
+        q = self._split_heads(self.q_proj(query) * self.scaling)  # (bsz, H, tgt_len, head_dim)
+        if self.self_attention:
+            key = value = query
+        elif self.encoder_decoder_attention and key is not None:
+            value = key
+            if self.beam_size > 1 and key.size(1) == bsz:
+                # one copy of the encoder output per sentence: (src_len, bsz, C) -> (src_len, bsz / beam, C)
+                key = value = key.unflatten(1, (-1, self.beam_size))[:, :, 0]
+                if key_padding_mask is not None:
+                    key_padding_mask = key_padding_mask.unflatten(0, (-1, self.beam_size))[:, 0]
+        if key is None:
+            return q, None, None, key_padding_mask
+        if value is None:
+            raise ValueError("key is given but value is None")
+        k = self._split_heads(self.k_proj(key))  # (kv_bsz, H, src_len, head_dim)
+        v = self._split_heads(self.v_proj(value))  # (kv_bsz, H, src_len, head_dim)
+        return q, k, v, key_padding_mask
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """(len, bsz, embed_dim) -> (bsz, num_heads, len, head_dim)."""
+        length, bsz, _ = x.shape
+        return x.view(length, bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def _update_cache(
+        self,
+        incremental_state: IncrementalState,
+        saved_state: Dict[str, Optional[Tensor]],
+        k: Optional[Tensor],
+        v: Optional[Tensor],
+        key_padding_mask: Optional[Tensor],
+        static_kv: bool,
+    ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Prepend cached keys/values (or reuse them if static) and store the result; shapes as in :meth:`_project`."""
+        prev_key, prev_value = saved_state.get("prev_key"), saved_state.get("prev_value")
+        if prev_key is not None and prev_value is not None:
+            if static_kv:
+                k, v = prev_key, prev_value  # (kv_bsz, H, src_len, head_dim)
+            else:
+                k = torch.cat([prev_key, k], dim=2)  # (kv_bsz, H, prev_len + tgt_len, head_dim)
+                v = torch.cat([prev_value, v], dim=2)
+        if k is None or v is None:
+            raise ValueError("no keys: neither key/value nor a cached prev_key/prev_value was given")
+        key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
+            key_padding_mask=key_padding_mask,
+            prev_key_padding_mask=saved_state.get("prev_key_padding_mask"),
+            batch_size=k.size(0),
+            src_len=k.size(2),
+            static_kv=static_kv,
+        )  # (kv_bsz, src_len) or None
+        saved_state["prev_key"], saved_state["prev_value"] = k, v
+        saved_state["prev_key_padding_mask"] = key_padding_mask
+        self._set_input_buffer(incremental_state, saved_state)
+        return k, v, key_padding_mask
+
+    def _scores(self, q: Tensor, k: Tensor) -> Tensor:
+        """q.k / sqrt(head_dim) (q is pre-scaled); keys shared by a sentence's beams broadcast over them.
+
+        q (bsz, H, tgt_len, head_dim), k (kv_bsz, H, src_len, head_dim) -> (bsz, H, tgt_len, src_len).
+        """
+        bsz, kv_bsz = q.size(0), k.size(0)
+        if bsz == kv_bsz:
+            return torch.matmul(q, k.transpose(-1, -2))  # (bsz, H, tgt_len, src_len)
+        q_beams = q.unflatten(0, (kv_bsz, -1))  # (kv_bsz, beam, H, tgt_len, head_dim)
+        scores = torch.matmul(q_beams, k.unsqueeze(1).transpose(-1, -2))  # (kv_bsz, beam, H, tgt_len, src_len)
+        return scores.flatten(0, 1)  # (bsz, H, tgt_len, src_len)
+
+    def _mask(
+        self, scores: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], kv_bsz: int
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Bool mask (True = masked) broadcastable to scores (bsz, H, tgt_len, src_len), and scores plus any additive
+        (finite, non-masking) part of a float ``attn_mask``."""
+        mask = None
+        if attn_mask is not None:
+            if attn_mask.dtype.is_floating_point:
+                mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # (tgt_len, src_len), -inf included
+                additive = attn_mask.masked_fill(mask, 0.0)
+                if bool(additive.any()):
+                    scores = scores + additive.to(scores.dtype)
+            else:
+                mask = attn_mask.to(torch.bool)  # (tgt_len, src_len)
+        if key_padding_mask is not None:
+            padding = key_padding_mask.to(torch.bool)  # (kv_bsz, src_len)
+            bsz = scores.size(0)
+            if bsz != kv_bsz:
+                padding = padding.repeat_interleave(bsz // kv_bsz, dim=0)  # (bsz, src_len)
+            padding = padding[:, None, None, :]  # (bsz, 1, 1, src_len)
+            mask = padding if mask is None else mask | padding
+        return scores, mask
+
+    def _before_softmax_output(self, scores: Tensor, mask: Optional[Tensor], v: Tensor) -> Tuple[Tensor, Tensor]:
+        """fairseq's ``before_softmax`` return: masked scores (bsz * H, tgt_len, src_len), v (kv_bsz * H, src_len, d)."""
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        return scores.flatten(0, 1), v.flatten(0, 1)
+
+    def _mix_values(self, probs: Tensor, v: Tensor) -> Tensor:
+        """probs (bsz, H, tgt_len, src_len) x v (kv_bsz, H, src_len, head_dim) -> (tgt_len, bsz, embed_dim)."""
+        bsz, kv_bsz = probs.size(0), v.size(0)
+        if bsz == kv_bsz:
+            attn = torch.matmul(probs, v)  # (bsz, H, tgt_len, head_dim)
+        else:
+            attn = torch.matmul(probs.unflatten(0, (kv_bsz, -1)), v.unsqueeze(1)).flatten(0, 1)  # same shape
+        return attn.permute(2, 0, 1, 3).flatten(2)  # (tgt_len, bsz, embed_dim)
+
+    @staticmethod
+    def _returned_weights(weights: Tensor, need_weights: bool, need_head_weights: bool) -> Optional[Tensor]:
+        """None, (num_heads, bsz, tgt_len, src_len) per head, or (bsz, tgt_len, src_len) averaged over heads."""
+        if not need_weights:
+            return None
+        per_head = weights.transpose(0, 1)  # (num_heads, bsz, tgt_len, src_len)
+        return per_head if need_head_weights else per_head.mean(dim=0)
+
+    # ----- incremental decoding: fairseq's buffer names, layout and reorder rules -----
+
+    @torch.jit.export
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> IncrementalState:
+        """Reorder cached keys/values along their batch dim to follow ``new_order`` (the beam search's choice)."""
+        buffer = self._get_input_buffer(incremental_state)
+        if not buffer:
+            return incremental_state
+        for name, cached in buffer.items():
+            if cached is not None:
+                buffer[name] = self._reorder_cached(cached, new_order)
+        return self._set_input_buffer(incremental_state, buffer)
+
+    def _reorder_cached(self, cached: Tensor, new_order: Tensor) -> Tensor:
+        if self.encoder_decoder_attention:
+            if cached.size(0) * self.beam_size == new_order.size(0):
+                # Static keys of a sentence are the same for all its beams, and beams are only reordered within
+                # their sentence (fairseq's rule): nothing to do until finished sentences are dropped.
+                return cached
+            if self.beam_size > 1:
+                return cached.index_select(0, new_order.reshape(-1, self.beam_size)[:, 0] // self.beam_size)
+        return cached.index_select(0, new_order)
+
+    def set_beam_size(self, beam_size: int) -> None:
+        """Share cross-attention keys among a sentence's ``beam_size`` beams (fairseq's sequence generator calls it)."""
+        self.beam_size = beam_size
+
+    def _get_input_buffer(self, incremental_state: Optional[IncrementalState]) -> Dict[str, Optional[Tensor]]:
+        result = self.get_incremental_state(incremental_state, "attn_state")
+        return result if result is not None else {}
+
+    def _set_input_buffer(self, incremental_state: IncrementalState, buffer: Dict[str, Optional[Tensor]]):
+        return self.set_incremental_state(incremental_state, "attn_state", buffer)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Old fused in_proj checkpoints -> q_proj/k_proj/v_proj, exactly as fairseq's MultiheadAttention does."""
+        MultiheadAttention.upgrade_state_dict_named(self, state_dict, name)
+
+    def extra_repr(self) -> str:
+        mode = "self" if self.self_attention else "encoder_decoder" if self.encoder_decoder_attention else "general"
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, mode={mode}, causal={self.causal}, "
+            f"dropout={self.dropout_module.p}"
+        )

@@ -1,0 +1,110 @@
+"""fairseq Transformer layers, encoder and decoder whose attention is :class:`SparseMultiheadAttention`.
+
+Only fairseq's ``build_*`` seams are overridden (SPEC section 5): layers override ``build_self_attention`` /
+``build_encoder_attention``; encoder and decoder override ``build_encoder_layer`` / ``build_decoder_layer`` and re-add
+fairseq's activation checkpointing and FSDP wrapping, which a layer-builder override would otherwise skip. The
+:class:`~sparse_attn_fairseq.options.AttentionOptions` are set before fairseq's ``__init__`` runs the builders.
+"""
+
+from __future__ import annotations
+
+from fairseq.distributed import fsdp_wrap
+from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
+from torch import nn
+
+from sparse_attn_fairseq.layers.normalizers import build_normalizer
+from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
+from sparse_attn_fairseq.options import AttentionOptions, NormalizerSpec
+
+# Log keys of the three attention types (see modules/attention_stats.py).
+STATS_KEYS = {"encoder": "enc", "decoder": "dec", "encoder_decoder": "encdec"}
+
+
+def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec, **kwargs) -> SparseMultiheadAttention:
+    """The attention module for one attention type; ``kwargs`` are SparseMultiheadAttention's own arguments."""
+    return SparseMultiheadAttention(embed_dim, num_heads, build_normalizer(spec.name, num_heads, **spec.kwargs()),
+                                    **kwargs)
+
+
+def _refuse_unsupported(xformers_att_config, add_bias_kv: bool = False, add_zero_attn: bool = False) -> None:
+    unsupported = [name for name, value in (("xformers_att_config", xformers_att_config),
+                                            ("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)) if value]
+    if unsupported:
+        raise NotImplementedError(f"sparse attention does not support {', '.join(unsupported)}")
+
+
+class SparseTransformerEncoderLayer(TransformerEncoderLayerBase):
+    """fairseq's encoder layer with sparse self-attention; torch's fused encoder fast path is always off."""
+
+    def __init__(self, cfg, attention_options: AttentionOptions, return_fc: bool = False):
+        self.attention_options = attention_options  # read by build_self_attention inside super().__init__
+        super().__init__(cfg, return_fc=return_fc)
+        # The "BetterTransformer" path would run torch's fused softmax layer and bypass self_attn (SPEC section 4).
+        self.can_use_fastpath = False
+
+    def build_self_attention(self, embed_dim, cfg):
+        _refuse_unsupported(cfg.encoder.xformers_att_config)
+        return build_sparse_attention(
+            embed_dim, cfg.encoder.attention_heads, self.attention_options.spec("encoder"),
+            dropout=cfg.attention_dropout, self_attention=True, q_noise=self.quant_noise,
+            qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["encoder"],
+        )
+
+
+class SparseTransformerDecoderLayer(TransformerDecoderLayerBase):
+    """fairseq's decoder layer with sparse self- and encoder-decoder attention."""
+
+    def __init__(self, cfg, attention_options: AttentionOptions, no_encoder_attn: bool = False):
+        self.attention_options = attention_options  # read by the attention builders inside super().__init__
+        super().__init__(cfg, no_encoder_attn=no_encoder_attn)
+
+    def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
+        _refuse_unsupported(cfg.decoder.xformers_att_config, add_bias_kv, add_zero_attn)
+        return build_sparse_attention(
+            embed_dim, cfg.decoder.attention_heads, self.attention_options.spec("decoder"),
+            dropout=cfg.attention_dropout, self_attention=not cfg.cross_self_attention, causal=True,
+            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["decoder"],
+        )
+
+    def build_encoder_attention(self, embed_dim, cfg):
+        _refuse_unsupported(cfg.encoder.xformers_att_config)
+        return build_sparse_attention(
+            embed_dim, cfg.decoder.attention_heads, self.attention_options.spec("encoder_decoder"),
+            kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim, dropout=cfg.attention_dropout,
+            encoder_decoder_attention=True, q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
+            stats_key=STATS_KEYS["encoder_decoder"],
+        )
+
+
+def wrap_layer(layer: nn.Module, cfg) -> nn.Module:
+    """fairseq's wrapping of a freshly built layer: activation checkpointing, then FSDP (always, if checkpointed)."""
+    if cfg.checkpoint_activations:
+        layer = checkpoint_wrapper(layer, offload_to_cpu=cfg.offload_activations)
+    min_params_to_wrap = cfg.min_params_to_wrap if not cfg.checkpoint_activations else 0
+    return fsdp_wrap(layer, min_num_params=min_params_to_wrap)
+
+
+class SparseTransformerEncoder(TransformerEncoderBase):
+    """fairseq's Transformer encoder built from :class:`SparseTransformerEncoderLayer`."""
+
+    def __init__(self, cfg, dictionary, embed_tokens, attention_options: AttentionOptions, return_fc: bool = False):
+        self.attention_options = attention_options  # read by build_encoder_layer inside super().__init__
+        super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+
+    def build_encoder_layer(self, cfg):
+        return wrap_layer(SparseTransformerEncoderLayer(cfg, self.attention_options, return_fc=self.return_fc), cfg)
+
+
+class SparseTransformerDecoder(TransformerDecoderBase):
+    """fairseq's Transformer decoder built from :class:`SparseTransformerDecoderLayer`."""
+
+    def __init__(self, cfg, dictionary, embed_tokens, attention_options: AttentionOptions,
+                 no_encoder_attn: bool = False, output_projection=None):
+        self.attention_options = attention_options  # read by build_decoder_layer inside super().__init__
+        super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn,
+                         output_projection=output_projection)
+
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        return wrap_layer(SparseTransformerDecoderLayer(cfg, self.attention_options, no_encoder_attn), cfg)

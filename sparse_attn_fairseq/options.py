@@ -1,0 +1,163 @@
+"""The single reader of this package's attention flags -> a frozen, validated :class:`AttentionOptions`.
+
+Flags (declared once, in the dataclasses below; fairseq turns them into ``--kebab-case`` CLI flags):
+
+    --encoder-attention-normalizer          encoder self-attention        (default entmax_alpha)
+    --decoder-attention-normalizer          decoder self-attention        (default entmax_alpha)
+    --encoder-decoder-attention-normalizer  encoder-decoder attention     (default entmax_alpha)
+    --entmax-alpha-init     initial alpha of entmax_alpha: a value in [1, 2], or "random" (default, as in the paper:
+                            alpha = 1 + sigmoid(a), a ~ N(0, 1); Correia et al., EMNLP 2019, section 3.2)
+    --entmax-alpha-min / --entmax-alpha-max   clamp range of the learned alpha (default 1.01, 2.0)
+    --entmax-fixed-alpha    alpha of entmax_fixed (default 1.5)
+
+Values are checked once, at model construction (before training starts): every problem is collected and reported
+together, each naming its flag and bad value (:class:`AttentionOptionsError`, a ValueError).
+"""
+
+# No `from __future__ import annotations`: omegaconf reads these dataclass field types at runtime.
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from sparse_attn_fairseq.layers.normalizers import normalizer_names
+
+# Normalizers the entmax models offer (ReLA needs its output norm and has its own model).
+ENTMAX_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "entmax_alpha", "entmax_fixed")
+_missing = sorted(set(ENTMAX_NORMALIZERS) - set(normalizer_names()))
+if _missing:
+    raise ImportError(f"normalizers {_missing} are not registered (registered: {', '.join(normalizer_names())})")
+
+# Attention types, in fairseq's vocabulary: encoder self, decoder self, encoder-decoder (fairseq's "encoder_attn").
+ATTENTION_TYPES = ("encoder", "decoder", "encoder_decoder")
+DEFAULT_NORMALIZER = "entmax_alpha"
+NormalizerChoice = ChoiceEnum(ENTMAX_NORMALIZERS)
+
+
+@dataclass
+class EntmaxAlphaConfig(FairseqDataclass):
+    """Alpha settings shared by every attention type (flags of both the MT and the LM models)."""
+
+    entmax_alpha_init: str = field(
+        default="random",
+        metadata={"help": 'initial alpha of entmax_alpha, in [1, 2], or "random" (alpha = 1 + sigmoid(N(0, 1)))'},
+    )
+    entmax_alpha_min: float = field(default=1.01, metadata={"help": "lower clamp of the learned alpha (>= 1)"})
+    entmax_alpha_max: float = field(default=2.0, metadata={"help": "upper clamp of the learned alpha (<= 2)"})
+    entmax_fixed_alpha: float = field(default=1.5, metadata={"help": "alpha of entmax_fixed, in [1, 2]"})
+
+
+@dataclass
+class EntmaxLMAttentionConfig(EntmaxAlphaConfig):
+    """Flags of the language model: it has decoder self-attention only."""
+
+    decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default=DEFAULT_NORMALIZER, metadata={"help": "normalizer of the decoder self-attention"}
+    )
+
+
+@dataclass
+class EntmaxAttentionConfig(EntmaxLMAttentionConfig):
+    """Flags of the translation model: all three attention types."""
+
+    encoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default=DEFAULT_NORMALIZER, metadata={"help": "normalizer of the encoder self-attention"}
+    )
+    encoder_decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default=DEFAULT_NORMALIZER, metadata={"help": "normalizer of the encoder-decoder attention"}
+    )
+
+
+class AttentionOptionsError(ValueError):
+    """Invalid attention flags; the message lists every problem with its flag and value."""
+
+
+@dataclass(frozen=True)
+class NormalizerSpec:
+    """What one attention type normalises with: a registry name and that normalizer's options."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Validated normalizer per attention type (None where the model has no such attention)."""
+
+    encoder: NormalizerSpec | None
+    decoder: NormalizerSpec | None
+    encoder_decoder: NormalizerSpec | None
+
+    def spec(self, attention_type: str) -> NormalizerSpec:
+        spec = getattr(self, attention_type)
+        if spec is None:
+            raise ValueError(f"no normalizer was configured for {attention_type} attention")
+        return spec
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[float, float], float]:
+    defaults = EntmaxAlphaConfig()
+    init = getattr(args, "entmax_alpha_init", defaults.entmax_alpha_init)
+    low = getattr(args, "entmax_alpha_min", defaults.entmax_alpha_min)
+    high = getattr(args, "entmax_alpha_max", defaults.entmax_alpha_max)
+    fixed = getattr(args, "entmax_fixed_alpha", defaults.entmax_fixed_alpha)
+    if str(init) != "random":
+        try:
+            init = float(init)
+        except (TypeError, ValueError):
+            problems.append(f'{_flag("entmax_alpha_init")}={init!r}: expected a number in [1, 2] or "random"')
+            init = None
+    for name, value in (("entmax_alpha_min", low), ("entmax_alpha_max", high), ("entmax_fixed_alpha", fixed)):
+        if not isinstance(value, (int, float)) or not 1.0 <= value <= 2.0:
+            problems.append(f"{_flag(name)}={value!r}: must lie in [1, 2]")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not low < high:
+        problems.append(f"{_flag('entmax_alpha_min')}={low!r} must be below {_flag('entmax_alpha_max')}={high!r}")
+    if isinstance(init, float) and not (1.0 <= init <= 2.0):
+        problems.append(f"{_flag('entmax_alpha_init')}={init!r}: must lie in [1, 2] or be \"random\"")
+    elif isinstance(init, float) and isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        if not low <= init <= high:
+            problems.append(
+                f"{_flag('entmax_alpha_init')}={init!r} lies outside the clamp range "
+                f"[{_flag('entmax_alpha_min')}={low}, {_flag('entmax_alpha_max')}={high}]"
+            )
+    return ("random" if str(init) == "random" else init), (low, high), fixed
+
+
+def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float]) -> NormalizerSpec:
+    init, clamp, fixed = alpha_settings
+    if name == "entmax_alpha":
+        return NormalizerSpec(name, (("init", init), ("clamp", (float(clamp[0]), float(clamp[1])))))
+    if name == "entmax_fixed":
+        return NormalizerSpec(name, (("alpha", float(fixed)),))
+    return NormalizerSpec(name)
+
+
+def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTION_TYPES) -> AttentionOptions:
+    """Read and validate the flags of ``attention_types`` from fairseq args (a Namespace or a DictConfig).
+
+    Missing flags (older checkpoints) take their defaults.
+
+    Raises:
+        AttentionOptionsError: listing every invalid flag and its value.
+    """
+    problems: list[str] = []
+    alpha_settings = _read_alpha_settings(args, problems)
+    specs: dict[str, NormalizerSpec | None] = dict.fromkeys(ATTENTION_TYPES)
+    for attention_type in attention_types:
+        key = f"{attention_type}_attention_normalizer"
+        name = str(getattr(args, key, DEFAULT_NORMALIZER))
+        if name not in ENTMAX_NORMALIZERS:
+            problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(ENTMAX_NORMALIZERS)}")
+            continue
+        specs[attention_type] = _spec(name, alpha_settings)
+    if problems:
+        raise AttentionOptionsError("invalid attention options: " + "; ".join(problems))
+    return AttentionOptions(**specs)

@@ -1,0 +1,77 @@
+"""The normalizer registry and its modules."""
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_attn_fairseq.functional.entmax import entmax_alpha
+from sparse_attn_fairseq.layers import normalizers as reg
+from tests.tolerances import ATOL, max_err
+
+NAMES = ("entmax15", "entmax_alpha", "entmax_fixed", "rela", "softmax", "sparsemax")
+
+
+def test_names_and_unknown():
+    assert reg.normalizer_names() == NAMES
+    with pytest.raises(ValueError, match="valid: entmax15, entmax_alpha"):
+        reg.build_normalizer("sparsmax", 4)
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register_normalizer("softmax")(nn.Module)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_normalizer_shape_dtype_mask(name, dtype):
+    module = reg.build_normalizer(name, 3).to(dtype)
+    scores = torch.randn(2, 3, 4, 6).to(dtype).requires_grad_()
+    mask = torch.zeros(2, 1, 1, 6, dtype=torch.bool)
+    mask[..., -2:] = True  # key padding
+    out = module(scores, mask)
+    assert out.shape == scores.shape and out.dtype == dtype
+    assert torch.equal(out[..., -2:], torch.zeros_like(out[..., -2:]))
+    out.float().sum().backward()
+    assert not scores.grad.isnan().any()
+    assert f"num_heads=3" in repr(module)
+    with pytest.raises(ValueError, match="expects scores"):
+        module(torch.randn(2, 4, 4, 6).to(dtype))
+
+
+def test_entmax_alpha_parametrisation():
+    module = reg.build_normalizer("entmax_alpha", 4, init=1.3)
+    assert max_err(module.alpha(), torch.full((4,), 1.3)) <= 1e-6
+    with torch.no_grad():
+        module.a.copy_(torch.tensor([-50.0, 50.0, 0.0, 1.0]))
+    alpha = module.alpha()
+    assert alpha[0] == 1.01 and alpha[1] == 2.0 and max_err(alpha[2:3], torch.tensor([1.5])) <= 1e-7
+    scores = torch.randn(2, 4, 3, 8)
+    expected = entmax_alpha(scores, alpha.view(4, 1, 1).detach())
+    assert max_err(module(scores), expected) <= ATOL[torch.float32]
+    module(scores).pow(2).sum().backward()
+    assert module.a.grad[2] != 0 and module.a.grad[0] == 0  # clamped heads get no gradient
+
+
+def test_entmax_alpha_random_init_and_limits():
+    torch.manual_seed(0)
+    module = reg.build_normalizer("entmax_alpha", 64, init="random")
+    alpha = module.alpha()
+    assert alpha.min() >= 1.01 and alpha.max() <= 2.0 and alpha.std() > 0.05
+    for limit in (1.01, 2.0):
+        at_limit = reg.build_normalizer("entmax_alpha", 2, init=limit)
+        out = at_limit(torch.randn(1, 2, 3, 5))
+        assert max_err(out.sum(-1), torch.ones(1, 2, 3)) <= 1e-5
+
+
+def test_option_validation_collects_problems():
+    with pytest.raises(ValueError, match="clamp=.*init=3"):
+        reg.build_normalizer("entmax_alpha", 2, init=3, clamp=(0.5, 1.0))
+    with pytest.raises(ValueError, match="no option"):
+        reg.build_normalizer("softmax", 2, alpha=1.5)
+    with pytest.raises(ValueError, match="alpha=2.5"):
+        reg.build_normalizer("entmax_fixed", 2, alpha=2.5)
+    with pytest.raises(ValueError, match="num_heads"):
+        reg.build_normalizer("softmax", 0)
+    fixed = reg.build_normalizer("entmax_fixed", 2, alpha=1.25)
+    assert torch.equal(fixed.alpha(), torch.full((2,), 1.25)) and "alpha=1.25" in repr(fixed)

@@ -11,7 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 USER_DIR=$(python -c 'import os, sparse_attn_fairseq as p; print(os.path.dirname(p.__file__))')
 WORK=${WORK:-work/demo}
-ARCHS=${ARCHS:-transformer}
+ARCHS=${ARCHS:-transformer transformer_entmax}
 MAX_UPDATE=${MAX_UPDATE:-800}
 SEED=${SEED:-1}
 
@@ -28,8 +28,11 @@ for arch in $ARCHS; do
   echo "== training $arch ($MAX_UPDATE updates)"
   bash "$HERE/train_demo_model.sh" "$WORK/bin" "$save" "$arch" "$MAX_UPDATE" "$SEED" "$USER_DIR"
   bleu=$(bash "$HERE/generate.sh" "$WORK/bin" "$save/checkpoint_best.pt" "$WORK/raw/test.tgt" "$USER_DIR")
-  echo "$arch: $bleu"
-  summary+=("$(printf '%-28s %s' "$arch" "$bleu")")
+  # sparsity figures logged by the plugin on the last validation line (alpha_*, zeros_*, null_*, span_*)
+  figures=$(grep "valid on 'valid' subset" "$save/train.log" | tail -n 1 | tr '|' '\n' \
+    | grep -E '^ *(alpha|zeros|null|span)_' | xargs || true)
+  echo "$arch: BLEU $bleu ${figures}"
+  summary+=("$(printf '%-28s BLEU %-6s %s' "$arch" "$bleu" "$figures")")
 done
 echo
 echo "== demo results (test set, beam 5)"

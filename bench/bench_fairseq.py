@@ -1,14 +1,15 @@
-"""fairseq-train words/s and fairseq-generate sentences/s of transformer_entmax (learned alpha) vs fairseq's transformer.
+"""fairseq-train words/s and fairseq-generate sentences/s of our architectures vs fairseq's transformer.
 
-Command (about 2 minutes per round on 2 idle CPU cores):  python bench/bench_fairseq_entmax.py
-Smoke run (about 1 minute):               python bench/bench_fairseq_entmax.py --quick
+Command (about 2 minutes per architecture and round on 2 idle CPU cores):
+    python bench/bench_fairseq.py transformer_entmax transformer_rela
+Smoke run (about 1 minute):  python bench/bench_fairseq.py transformer_entmax --quick
 
 Same data (the synthetic pair), same sizes, same seed, CPU. Runs alternate between the two models for ``--rounds``
-rounds; each round gives a ratio entmax / transformer of back-to-back runs, and the median over rounds is reported
+rounds; each round gives a ratio architecture / transformer of back-to-back runs, and the median over rounds is reported
 (shared machines swing several-fold between minutes: only ratios of adjacent runs mean anything).
 Train speed: median ``wps`` of the train_inner log lines. Generate speed: beam 5 on the test set with every hypothesis
 forced to exactly ``--gen-len`` tokens (--min-len = --max-len-b, --max-len-a 0), so both models do the same work
-whatever their quality. Targets: train >= 0.6x, generate >= 0.7x.
+whatever their quality. Targets per architecture are in ``TARGETS``.
 """
 
 import argparse
@@ -23,7 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "sparse_attn_fairseq"
 BIN = Path(sys.executable).parent
-MODELS = {"transformer": "transformer", "entmax": "transformer_entmax"}
+BASELINE = "transformer"
+# architecture -> (train words/s ratio, generate sentences/s ratio) it should reach; None: no target
+TARGETS = {
+    "transformer_entmax": (0.6, 0.7),
+    "transformer_rela": (0.9, 0.9),
+    "transformer_adaptive_span": (0.85, None),
+}
 
 
 def run(command, *args):
@@ -64,6 +71,7 @@ def generate_sps(data: Path, checkpoint: Path, args) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("archs", nargs="+", help="architectures to compare with fairseq's transformer")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", type=int, default=2)
@@ -78,22 +86,26 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_data(root, 600 if args.quick else 3000)
-        speeds = {name: {"train": [], "generate": []} for name in MODELS}
+        models = [BASELINE, *args.archs]
+        speeds = {name: {"train": [], "generate": []} for name in models}
         for round_index in range(args.rounds):
-            order = list(MODELS) if round_index % 2 == 0 else list(MODELS)[::-1]
+            order = models if round_index % 2 == 0 else models[::-1]
             for name in order:
                 save_dir = root / f"{name}-{round_index}"
-                speeds[name]["train"].append(train_wps(data, save_dir, MODELS[name], args))
+                speeds[name]["train"].append(train_wps(data, save_dir, name, args))
                 speeds[name]["generate"].append(generate_sps(data, save_dir / "checkpoint_last.pt", args))
-                print(f"round {round_index} {name:12s} train {speeds[name]['train'][-1]:8.1f} wps   "
+                print(f"round {round_index} {name:28s} train {speeds[name]['train'][-1]:8.1f} wps   "
                       f"generate {speeds[name]['generate'][-1]:6.2f} sentences/s", flush=True)
     print(f"\nsizes: layers={args.layers} dim={args.dim} heads={args.heads}; OMP_NUM_THREADS={torch_threads}")
-    for metric, unit, target in (("train", "words/s", 0.6), ("generate", "sentences/s", 0.7)):
-        ratios = [ours / base for ours, base in zip(speeds["entmax"][metric], speeds["transformer"][metric])]
-        ratio = statistics.median(ratios)
-        verdict = "meets" if ratio >= target else "MISSES"
-        print(f"{metric:8s} ({unit}) per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}x "
-              f"({verdict} target {target}x)")
+    print("| architecture | metric | per-round ratios to transformer | median | target |")
+    print("|---|---|---|---|---|")
+    for arch in args.archs:
+        for index, (metric, unit) in enumerate((("train", "words/s"), ("generate", "sentences/s"))):
+            ratios = [ours / base for ours, base in zip(speeds[arch][metric], speeds[BASELINE][metric])]
+            ratio = statistics.median(ratios)
+            target = TARGETS.get(arch, (None, None))[index]
+            verdict = "-" if target is None else f"{target}x ({'met' if ratio >= target else 'MISSED'})"
+            print(f"| {arch} | {metric} {unit} | {', '.join(f'{r:.2f}' for r in ratios)} | {ratio:.2f}x | {verdict} |")
 
 
 if __name__ == "__main__":

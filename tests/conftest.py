@@ -27,9 +27,12 @@ TINY_TRANSLATION_FLAGS = [
 
 
 def cli_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The environment for a console script: this interpreter's bin first, our switches cleared."""
+    """The environment for a console script: this interpreter's bin first, this checkout's package
+    first on the path (also when the venv's editable install points at another checkout), our
+    switches cleared."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPARSE_ATTN_FAIRSEQ")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -1,28 +1,9 @@
 """Fixtures of the model tests: in-process tiny models, and one tiny transformer_entmax trained with fairseq-train."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.models.builders import REPO, TINY_MT_FLAGS, USER_DIR
-
-BIN = Path(sys.executable).parent
-
-
-def run_cli(command, *args, check=True, stdin=None, timeout=300, env=None):
-    """Run a console script of this interpreter with our checkout first on PYTHONPATH; fail with its output tail."""
-    executable = BIN / command if (BIN / command).exists() else command
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1", **(env or {})}
-    result = subprocess.run([str(executable), *map(str, args)], capture_output=True, text=True, input=stdin,
-                            env=full_env, timeout=timeout)
-    if check and result.returncode != 0:
-        pytest.fail(f"{command} exited {result.returncode}\n--- stdout ---\n{result.stdout[-3000:]}"
-                    f"\n--- stderr ---\n{result.stderr[-5000:]}")
-    return result
+from tests.conftest import run_cli  # noqa: F401  (re-exported for the model tests)
+from tests.models.builders import TINY_MT_FLAGS, USER_DIR
 
 
 def train_entmax(data_bin, save_dir, max_update, *extra, check=True):
@@ -31,15 +12,9 @@ def train_entmax(data_bin, save_dir, max_update, *extra, check=True):
 
 
 @pytest.fixture(scope="session")
-def entmax_data(tmp_path_factory):
-    """Synthetic pair (300 train sentences), binarised with a joined dictionary; returns the data-bin folder."""
-    root = tmp_path_factory.mktemp("entmax_data")
-    run_cli("python", "-m", "sparse_attn_fairseq.data.synthetic_pair", root / "raw",
-            "--train", 300, "--valid", 40, "--test", 40)
-    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", root / "raw/train",
-            "--validpref", root / "raw/valid", "--testpref", root / "raw/test", "--destdir", root / "bin",
-            "--joined-dictionary", "--workers", "1")
-    return root / "bin"
+def entmax_data(translation_data):
+    """Synthetic pair (300 train sentences), binarised with a joined dictionary: the shared data."""
+    return translation_data
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from sparse_attn_fairseq.functional._entmax_autograd import (
     EntmaxAlphaFunction,
     SparsemaxFunction,
 )
-from sparse_attn_fairseq.functional.masking import check_mask, dead_rows
+from sparse_attn_fairseq.functional.masking import check_mask, dead_rows, fill_masked
 
 AlphaLike = float | torch.Tensor
 
@@ -34,7 +34,7 @@ def softmax_masked(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: 
         Tensor like ``scores`` (same shape and dtype).
     """
     check_mask(scores, mask)
-    x = scores if mask is None else scores.masked_fill(mask, float("-inf"))
+    x = fill_masked(scores, mask)
     dead = dead_rows(x.amax(dim=dim, keepdim=True), scores.dtype) if x.numel() else None
     if dead is not None and bool(dead.any()):
         x = x.masked_fill(dead, 0.0)  # avoid NaN in forward and backward, zeroed below

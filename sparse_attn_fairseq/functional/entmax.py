@@ -132,11 +132,10 @@ def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> 
 
 def _along_last_dim(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | None, dim: int, *alpha) -> torch.Tensor:
     """Run ``fn(scores, mask, *alpha)`` on the last dim: other dims are moved to the end and back."""
-    dim = dim % scores.ndim if scores.ndim else 0
     if scores.ndim == 0:
         raise ValueError("scores must have at least one dimension")
-    last = scores.ndim - 1
-    if dim == last:
+    dim = dim % scores.ndim
+    if dim == scores.ndim - 1:
         return _apply_cast(fn, scores, mask, *alpha)
     scores_t = scores.movedim(dim, -1)  # (..., n) with n = scores.shape[dim]
     mask_t = None if mask is None else mask.expand(scores.shape).movedim(dim, -1)

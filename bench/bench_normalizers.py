@@ -1,6 +1,6 @@
 """Forward+backward cost of each attention normalizer relative to torch.softmax on the same tensors.
 
-Command (about 6 minutes on 2 CPU cores):  python bench/bench_normalizers.py
+Command (2-5 minutes on 2 CPU cores):      python bench/bench_normalizers.py
 Smoke run (seconds):                       python bench/bench_normalizers.py --quick
 
 Timing: every case runs once per round, in a rotating order, for ``--rounds`` rounds (a third of them, at least 5, for

@@ -1,12 +1,14 @@
 """Forward+backward cost of each attention normalizer relative to torch.softmax on the same tensors.
 
-Command (about 3 minutes on 2 CPU cores):  python bench/bench_normalizers.py
+Command (2-5 minutes on 2 CPU cores):      python bench/bench_normalizers.py
 Smoke run (seconds):                       python bench/bench_normalizers.py --quick
 
-Timing: every case runs once per round, in a rotating order, for ``--rounds`` rounds; the table shows the median time
-over rounds divided by the median softmax time (shared machines swing several-fold, only same-run ratios mean
-anything). Scores are N(0, 1) (q.k / sqrt(d) at initialisation); (bsz*heads, tgt, src) is viewed as
-(bsz, 8 heads, tgt, src), and learned alpha is one value per head drawn as in the paper, 1 + sigmoid(N(0, 1)).
+Timing: every case runs once per round, in a rotating order, for ``--rounds`` rounds (a third of them, at least 5, for
+shapes above 4M elements); the table shows the median time over rounds divided by the median softmax time (shared
+machines swing several-fold, only same-run ratios mean anything; ``--threads 1`` is far less sensitive to other jobs
+on the machine than two OpenMP threads, which wait for each other on every one of the solver's ~60 full-size ops).
+Scores are N(0, 1) (q.k / sqrt(d) at initialisation); (bsz*heads, tgt, src) is viewed as (bsz, 8 heads, tgt, src), and
+learned alpha is one value per head drawn as in the paper, 1 + sigmoid(N(0, 1)).
 
 Peak memory: torch.profiler with profile_memory=True records every tensor allocation and free made by aten ops
 (including those inside autograd backward); ``export_memory_timeline`` turns that into a timeline, and we take its
@@ -112,6 +114,8 @@ def bench_shape(shape, device, rounds, with_memory) -> list[tuple]:
     raw = torch.randn(NUM_HEADS, 1, 1, generator=gen)
     alpha = (1.0 + torch.sigmoid(raw)).clamp(1.01, 2.0).to(device).requires_grad_()
     cases = build_cases(alpha)
+    if x.numel() > 2**22:  # (16, 1024, 1024): the package's bisection takes seconds per call on CPU
+        rounds = max(5, rounds // 3)
     med = time_cases(cases, x, grad, alpha, rounds)
     mem = {n: peak_extra_bytes(f, x, grad, alpha) for n, f in cases.items()} if with_memory else {}
     base_t, base_m = med["softmax (torch)"], mem.get("softmax (torch)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from sparse_attn_fairseq.functional._threshold import dot_last, solve_threshold
-from sparse_attn_fairseq.functional.masking import compute_dtype, dead_rows
+from sparse_attn_fairseq.functional.masking import compute_dtype, dead_rows, fill_masked
 
 
 def _tiny(x: torch.Tensor) -> float:
@@ -23,9 +23,7 @@ def _scaled_rows(scores: torch.Tensor, mask: torch.Tensor | None, alpha_minus_on
 
     Shifting before scaling keeps logits of magnitude 1e4 exact in float32. Fully masked rows are shifted by 0.
     """
-    x = scores.to(compute_dtype(scores.dtype))  # no copy for float32 / float64
-    if mask is not None:
-        x = x.masked_fill(mask, float("-inf"))  # (..., n) copy
+    x = fill_masked(scores.to(compute_dtype(scores.dtype)), mask)  # (..., n); no copy for float32 without mask
     row_max = x.amax(dim=-1, keepdim=True)  # (..., 1)
     z = x - row_max.masked_fill_(dead_rows(row_max, scores.dtype), 0.0)  # (..., n) fresh
     if not (isinstance(alpha_minus_one, float) and alpha_minus_one == 1.0):

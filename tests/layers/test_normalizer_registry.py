@@ -34,7 +34,7 @@ def test_every_normalizer_shape_dtype_mask(name, dtype):
     assert torch.equal(out[..., -2:], torch.zeros_like(out[..., -2:]))
     out.float().sum().backward()
     assert not scores.grad.isnan().any()
-    assert f"num_heads=3" in repr(module)
+    assert "num_heads=3" in repr(module)
     with pytest.raises(ValueError, match="expects scores"):
         module(torch.randn(2, 4, 4, 6).to(dtype))
 

@@ -21,7 +21,7 @@ TINY_TRANSLATION_FLAGS = [
     "--share-all-embeddings", "--dropout", "0.1",
     "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
     "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-    "--max-tokens", "1024", "--seed", "1", "--cpu", "--num-workers", "0",
+    "--max-tokens", "1024", "--seed", "1", "--num-workers", "0",
     "--log-format", "simple", "--log-interval", "5", "--no-epoch-checkpoints",
 ]
 
@@ -66,9 +66,10 @@ def make_translation_data(root: Path, train: int = 300, valid: int = 40, test: i
 
 
 def train_translation(data_bin: Path, save_dir: Path, arch: str, max_update: int,
-                      extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
-    """fairseq-train a tiny translation model with the plugin loaded."""
-    return run_cli("fairseq-train", data_bin, "--user-dir", USER_DIR, "--arch", arch,
+                      extra: Sequence[str] = (), cpu: bool = True) -> subprocess.CompletedProcess:
+    """fairseq-train a tiny translation model with the plugin loaded (on the CPU unless ``cpu=False``)."""
+    device = ["--cpu"] if cpu else []
+    return run_cli("fairseq-train", data_bin, "--user-dir", USER_DIR, "--arch", arch, *device,
                    *TINY_TRANSLATION_FLAGS, "--max-update", max_update, "--save-dir", save_dir, *extra)
 
 

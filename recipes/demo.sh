@@ -27,7 +27,8 @@ for arch in $ARCHS; do
   save="$WORK/checkpoints/$arch"
   echo "== training $arch ($MAX_UPDATE updates)"
   bash "$HERE/train_demo_model.sh" "$WORK/bin" "$save" "$arch" "$MAX_UPDATE" "$SEED" "$USER_DIR"
-  bleu=$(bash "$HERE/generate.sh" "$WORK/bin" "$save/checkpoint_best.pt" "$WORK/raw/test.tgt" "$USER_DIR")
+  sacrebleu_line=$(bash "$HERE/generate.sh" "$WORK/bin" "$save/checkpoint_best.pt" "$WORK/raw/test.tgt" "$USER_DIR")
+  bleu=$(echo "$sacrebleu_line" | awk '{print $3}')  # signature = score ...
   # sparsity figures logged by the plugin on the last validation line (alpha_*, zeros_*, null_*, span_*)
   figures=$(grep "valid on 'valid' subset" "$save/train.log" | tail -n 1 | tr '|' '\n' \
     | grep -E '^ *(alpha|zeros|null|span)_' | xargs || true)
@@ -35,5 +36,5 @@ for arch in $ARCHS; do
   summary+=("$(printf '%-28s BLEU %-6s %s' "$arch" "$bleu" "$figures")")
 done
 echo
-echo "== demo results (test set, beam 5)"
+echo "== demo results (test set, beam 5; ${sacrebleu_line%% = *})"
 printf '%s\n' "${summary[@]}"

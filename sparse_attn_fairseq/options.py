@@ -10,6 +10,15 @@ Flags (declared once, in the dataclasses below; fairseq turns them into ``--keba
     --entmax-alpha-min / --entmax-alpha-max   clamp range of the learned alpha (default 1.01, 2.0)
     --entmax-fixed-alpha    alpha of entmax_fixed (default 1.5)
 
+The ReLA models (transformer_rela, transformer_lm_rela) have the same per-type flags with choices rela/softmax and
+default rela, plus (Zhang, Titov, Sennrich, EMNLP 2021, section 3.2; layers/rela_norm.py):
+
+    --rela-norm-variant     output norm of the ReLA attention types: "gated" (ReLA-g, RMSNorm times
+                            sigmoid(w * o), default) or "init" (ReLA-i, no gate, small random gain)
+    --rela-norm-per-head    normalise each head's slice separately instead of all heads together (default off)
+
+Which normalizers a model offers and its default is its :class:`AttentionMethod` (ENTMAX or RELA).
+
 Values are checked once, at model construction (before training starts): every problem is collected and reported
 together, each naming its flag and bad value (:class:`AttentionOptionsError`, a ValueError).
 """
@@ -22,10 +31,13 @@ from typing import Any
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from sparse_attn_fairseq.layers.normalizers import normalizer_names
+from sparse_attn_fairseq.layers.rela_norm import VARIANTS as RELA_NORM_VARIANTS
 
 # Normalizers the entmax models offer (ReLA needs its output norm and has its own model).
 ENTMAX_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "entmax_alpha", "entmax_fixed")
-_missing = sorted(set(ENTMAX_NORMALIZERS) - set(normalizer_names()))
+# Normalizers the ReLA models offer: ReLA (with its output norm) or stock softmax, per attention type.
+RELA_NORMALIZERS = ("rela", "softmax")
+_missing = sorted(set(ENTMAX_NORMALIZERS + RELA_NORMALIZERS) - set(normalizer_names()))
 if _missing:
     raise ImportError(f"normalizers {_missing} are not registered (registered: {', '.join(normalizer_names())})")
 
@@ -33,6 +45,20 @@ if _missing:
 ATTENTION_TYPES = ("encoder", "decoder", "encoder_decoder")
 DEFAULT_NORMALIZER = "entmax_alpha"
 NormalizerChoice = ChoiceEnum(ENTMAX_NORMALIZERS)
+RelaNormalizerChoice = ChoiceEnum(RELA_NORMALIZERS)
+RelaNormVariantChoice = ChoiceEnum(RELA_NORM_VARIANTS)
+
+
+@dataclass(frozen=True)
+class AttentionMethod:
+    """What a model family offers per attention type: the normalizer choices and the default."""
+
+    normalizers: tuple[str, ...]
+    default: str
+
+
+ENTMAX = AttentionMethod(ENTMAX_NORMALIZERS, DEFAULT_NORMALIZER)
+RELA = AttentionMethod(RELA_NORMALIZERS, "rela")
 
 
 @dataclass
@@ -69,19 +95,59 @@ class EntmaxAttentionConfig(EntmaxLMAttentionConfig):
     )
 
 
+@dataclass
+class RelaNormConfig(FairseqDataclass):
+    """ReLA output-norm settings shared by every ReLA attention type (flags of both ReLA models)."""
+
+    rela_norm_variant: RelaNormVariantChoice = field(  # type: ignore[valid-type]
+        default="gated",
+        metadata={"help": 'output norm of ReLA attention: "gated" (ReLA-g, RMSNorm * sigmoid(w * o)) or "init" '
+                          "(ReLA-i, RMSNorm with a small random gain, no gate)"},
+    )
+    rela_norm_per_head: bool = field(
+        default=False, metadata={"help": "RMSNorm each head's output separately instead of all heads together"}
+    )
+
+
+@dataclass
+class RelaLMAttentionConfig(RelaNormConfig):
+    """Flags of the ReLA language model: decoder self-attention only."""
+
+    decoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
+        default="rela", metadata={"help": "normalizer of the decoder self-attention"}
+    )
+
+
+@dataclass
+class RelaAttentionConfig(RelaLMAttentionConfig):
+    """Flags of the ReLA translation model: all three attention types."""
+
+    encoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
+        default="rela", metadata={"help": "normalizer of the encoder self-attention"}
+    )
+    encoder_decoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
+        default="rela", metadata={"help": "normalizer of the encoder-decoder attention"}
+    )
+
+
 class AttentionOptionsError(ValueError):
     """Invalid attention flags; the message lists every problem with its flag and value."""
 
 
 @dataclass(frozen=True)
 class NormalizerSpec:
-    """What one attention type normalises with: a registry name and that normalizer's options."""
+    """What one attention type normalises with: a registry name and that normalizer's options, and the options of
+    an output norm before out_proj (layers.rela_norm.RelaOutputNorm) or None for no output norm."""
 
     name: str
     options: tuple[tuple[str, Any], ...] = ()
+    output_norm: tuple[tuple[str, Any], ...] | None = None
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.options)
+
+    def output_norm_kwargs(self) -> dict[str, Any] | None:
+        return None if self.output_norm is None else dict(self.output_norm)
 
 
 @dataclass(frozen=True)
@@ -131,7 +197,21 @@ def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[flo
     return ("random" if str(init) == "random" else init), (low, high), fixed
 
 
-def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float]) -> NormalizerSpec:
+def _read_rela_norm(args: Any, problems: list[str]) -> tuple[tuple[str, Any], ...]:
+    defaults = RelaNormConfig()
+    variant = str(getattr(args, "rela_norm_variant", defaults.rela_norm_variant))
+    per_head = getattr(args, "rela_norm_per_head", defaults.rela_norm_per_head)
+    if variant not in RELA_NORM_VARIANTS:
+        problems.append(f"{_flag('rela_norm_variant')}={variant!r}: choose one of {', '.join(RELA_NORM_VARIANTS)}")
+    if not isinstance(per_head, bool):
+        problems.append(f"{_flag('rela_norm_per_head')}={per_head!r}: expected true or false")
+    return (("variant", variant), ("per_head", bool(per_head)))
+
+
+def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float],
+          rela_norm: tuple[tuple[str, Any], ...]) -> NormalizerSpec:
+    if name == "rela":
+        return NormalizerSpec(name, output_norm=rela_norm)
     init, clamp, fixed = alpha_settings
     if name == "entmax_alpha":
         return NormalizerSpec(name, (("init", init), ("clamp", (float(clamp[0]), float(clamp[1])))))
@@ -140,24 +220,27 @@ def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float]) -> 
     return NormalizerSpec(name)
 
 
-def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTION_TYPES) -> AttentionOptions:
+def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTION_TYPES,
+                           method: AttentionMethod = ENTMAX) -> AttentionOptions:
     """Read and validate the flags of ``attention_types`` from fairseq args (a Namespace or a DictConfig).
 
-    Missing flags (older checkpoints) take their defaults.
+    ``method`` gives the normalizers the model offers and their default. Missing flags (older checkpoints) take
+    their defaults.
 
     Raises:
         AttentionOptionsError: listing every invalid flag and its value.
     """
     problems: list[str] = []
     alpha_settings = _read_alpha_settings(args, problems)
+    rela_norm = _read_rela_norm(args, problems) if "rela" in method.normalizers else ()
     specs: dict[str, NormalizerSpec | None] = dict.fromkeys(ATTENTION_TYPES)
     for attention_type in attention_types:
         key = f"{attention_type}_attention_normalizer"
-        name = str(getattr(args, key, DEFAULT_NORMALIZER))
-        if name not in ENTMAX_NORMALIZERS:
-            problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(ENTMAX_NORMALIZERS)}")
+        name = str(getattr(args, key, method.default))
+        if name not in method.normalizers:
+            problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(method.normalizers)}")
             continue
-        specs[attention_type] = _spec(name, alpha_settings)
+        specs[attention_type] = _spec(name, alpha_settings, rela_norm)
     if problems:
         raise AttentionOptionsError("invalid attention options: " + "; ".join(problems))
     return AttentionOptions(**specs)

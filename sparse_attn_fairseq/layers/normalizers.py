@@ -175,5 +175,7 @@ def _alpha_problems(init, clamp) -> list[str]:
 class RelaNormalizer(_Normalizer):
     """ReLA weights relu(scores), masked entries zeroed before the relu (Zhang et al., EMNLP 2021); unnormalised."""
 
+    allows_null_rows = True  # a row may be all zero ("null attention"); logged as null_<key>
+
     def normalize(self, scores, mask):
         return rela_weights(scores, mask)

@@ -3,7 +3,9 @@
 Per attention type (key "enc", "dec" or "encdec"), each full forward of each layer logs:
 
 * ``alpha_<key>``: mean alpha over heads (only for normalizers with an ``alpha()`` method), averaged over layers;
-* ``zeros_<key>``: fraction of exact zeros among the unmasked attention weights, pooled over layers and batches.
+* ``zeros_<key>``: fraction of exact zeros among the unmasked attention weights, pooled over layers and batches;
+* ``null_<key>``: fraction of query rows whose weights are all zero ("null attention", Zhang et al., EMNLP 2021),
+  pooled over layers, heads and batches; only for normalizers that declare ``allows_null_rows`` (ReLA).
 
 Both go through ``fairseq.logging.metrics``, so they appear in the train, train_inner and valid lines and in
 tensorboard when enabled. Each rank logs its own batches (not all-reduced); rank 0 prints.
@@ -27,16 +29,21 @@ def masked_count(mask: Optional[Tensor], shape: torch.Size) -> int:
 
 @torch.no_grad()
 def log_attention_stats(key: str, weights: Tensor, mask: Optional[Tensor], normalizer: nn.Module) -> None:
-    """Log ``alpha_<key>`` and ``zeros_<key>`` for weights (bsz, num_heads, tgt_len, src_len).
+    """Log ``alpha_<key>``, ``zeros_<key>`` and ``null_<key>`` for weights (bsz, num_heads, tgt_len, src_len).
 
     Masked entries are exact zeros (the normalizer's contract), so zeros among unmasked entries are
-    numel - count_nonzero - masked: one reduction over the weights, no temporary of their size.
+    numel - count_nonzero - masked: one reduction over the weights, no temporary of their size. Weights are
+    non-negative, so a row is null when its max is 0: one more reduction.
     """
     total = weights.numel()
     unmasked = total - masked_count(mask, weights.shape)
     if unmasked > 0:
         zeros = total - int(torch.count_nonzero(weights)) - (total - unmasked)
         metrics.log_scalar(f"zeros_{key}", zeros / unmasked, weight=unmasked, priority=250, round=3)
+    if getattr(normalizer, "allows_null_rows", False) and weights.numel() > 0:
+        rows = weights.shape[:-1].numel()
+        null = int((weights.amax(dim=-1) == 0).sum())  # amax: (bsz, num_heads, tgt_len)
+        metrics.log_scalar(f"null_{key}", null / rows, weight=rows, priority=250, round=3)
     alpha = getattr(normalizer, "alpha", None)
     if callable(alpha):
         metrics.log_scalar(f"alpha_{key}", float(alpha().mean()), priority=250, round=3)

@@ -216,8 +216,13 @@ class SparseMultiheadAttention(nn.Module):
         bsz, kv_bsz = q.size(0), k.size(0)
         if bsz == kv_bsz:
             return torch.matmul(q, k.transpose(-1, -2))  # (bsz, H, tgt_len, src_len)
+        # Fold the beams into the query rows (as fairseq's einsum does): one matmul per sentence and head, and the
+        # keys are never expanded to bsz copies (a broadcast matmul would copy them at every decoding step).
         q_beams = q.unflatten(0, (kv_bsz, -1))  # (kv_bsz, beam, H, tgt_len, head_dim)
-        scores = torch.matmul(q_beams, k.unsqueeze(1).transpose(-1, -2))  # (kv_bsz, beam, H, tgt_len, src_len)
+        beam, tgt_len = q_beams.size(1), q_beams.size(3)
+        q_rows = q_beams.transpose(1, 2).flatten(2, 3)  # (kv_bsz, H, beam * tgt_len, head_dim)
+        scores = torch.matmul(q_rows, k.transpose(-1, -2))  # (kv_bsz, H, beam * tgt_len, src_len)
+        scores = scores.unflatten(2, (beam, tgt_len)).transpose(1, 2)  # (kv_bsz, beam, H, tgt_len, src_len)
         return scores.flatten(0, 1)  # (bsz, H, tgt_len, src_len)
 
     def _mask(
@@ -254,8 +259,11 @@ class SparseMultiheadAttention(nn.Module):
         bsz, kv_bsz = probs.size(0), v.size(0)
         if bsz == kv_bsz:
             attn = torch.matmul(probs, v)  # (bsz, H, tgt_len, head_dim)
-        else:
-            attn = torch.matmul(probs.unflatten(0, (kv_bsz, -1)), v.unsqueeze(1)).flatten(0, 1)  # same shape
+        else:  # beams folded into the query rows, as in _scores
+            beams = probs.unflatten(0, (kv_bsz, -1))  # (kv_bsz, beam, H, tgt_len, src_len)
+            beam, tgt_len = beams.size(1), beams.size(3)
+            attn = torch.matmul(beams.transpose(1, 2).flatten(2, 3), v)  # (kv_bsz, H, beam * tgt_len, head_dim)
+            attn = attn.unflatten(2, (beam, tgt_len)).transpose(1, 2).flatten(0, 1)  # (bsz, H, tgt_len, head_dim)
         return attn.permute(2, 0, 1, 3).flatten(2)  # (tgt_len, bsz, embed_dim)
 
     @staticmethod

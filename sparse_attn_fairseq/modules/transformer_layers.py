@@ -15,6 +15,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, Trans
 from torch import nn
 
 from sparse_attn_fairseq.layers.normalizers import build_normalizer
+from sparse_attn_fairseq.layers.rela_norm import RelaOutputNorm
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
 from sparse_attn_fairseq.options import AttentionOptions, NormalizerSpec
 
@@ -24,8 +25,10 @@ STATS_KEYS = {"encoder": "enc", "decoder": "dec", "encoder_decoder": "encdec"}
 
 def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec, **kwargs) -> SparseMultiheadAttention:
     """The attention module for one attention type; ``kwargs`` are SparseMultiheadAttention's own arguments."""
+    norm_kwargs = spec.output_norm_kwargs()
+    output_norm = None if norm_kwargs is None else RelaOutputNorm(embed_dim, num_heads, **norm_kwargs)
     return SparseMultiheadAttention(embed_dim, num_heads, build_normalizer(spec.name, num_heads, **spec.kwargs()),
-                                    **kwargs)
+                                    output_norm=output_norm, **kwargs)
 
 
 def _refuse_unsupported(xformers_att_config, add_bias_kv: bool = False, add_zero_attn: bool = False) -> None:

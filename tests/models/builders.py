@@ -1,4 +1,5 @@
-"""In-process construction of tiny fairseq models (the same argument parsing as fairseq-train)."""
+"""In-process construction of tiny fairseq models (the same argument parsing as fairseq-train) and the checks every
+architecture shares: incremental decoding == full forward with a beam reorder, train mode == eval mode after loading."""
 
 from pathlib import Path
 
@@ -65,3 +66,56 @@ def random_batch(task: TinyTask, bsz: int = 3, src_len: int = 7, tgt_len: int = 
     prev = torch.randint(low, high, (bsz, tgt_len), generator=g)
     prev[:, 0] = d.eos()
     return src, lengths, prev
+
+
+def log_probs(model, net_output):
+    return model.get_normalized_probs(net_output, log_probs=True)
+
+
+def _incremental_log_probs(model, encoder_out, prev, reorder_at, new_order):
+    """Step-by-step decoding; at step ``reorder_at`` hypotheses are reordered (cache and token history)."""
+    state = {}
+    steps = []
+    for t in range(prev.size(1)):
+        if t == reorder_at:
+            model.decoder.reorder_incremental_state_scripting(state, new_order)
+            prev = prev.index_select(0, new_order)
+        out = model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)
+        steps.append(log_probs(model, out)[:, -1])
+    return torch.stack(steps, dim=1), prev  # (bsz * beam, tgt_len, vocab)
+
+
+def incremental_vs_full(model, task, bsz=2, beam=3, tgt_len=6, reorder_at=3):
+    """(stepwise log-probs, max abs difference to full forwards) for beam decoding with a within-beam reorder."""
+    model.eval()
+    src, lengths, _ = random_batch(task, bsz=bsz)
+    _, _, prev = random_batch(task, bsz=bsz * beam, tgt_len=tgt_len, seed=1)  # a different prefix per hypothesis
+    # a permutation within each sentence's beams, as beam search makes
+    new_order = torch.cat([torch.randperm(beam, generator=torch.Generator().manual_seed(i)) + i * beam
+                           for i in range(bsz)])
+    with torch.no_grad():
+        encoder_out = model.encoder(src, src_lengths=lengths)
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz).repeat_interleave(beam))
+        model.decoder.set_beam_size(beam)  # cross-attention keys shared by a sentence's beams
+        stepwise, reordered = _incremental_log_probs(model, encoder_out, prev, reorder_at, new_order)
+        model.decoder.set_beam_size(1)
+        full_before = log_probs(model, model.decoder(prev, encoder_out=encoder_out))
+        full_after = log_probs(model, model.decoder(reordered, encoder_out=encoder_out))
+    diff_before = (stepwise[:, :reorder_at] - full_before[:, :reorder_at]).abs().max()
+    diff_after = (stepwise[:, reorder_at:] - full_after[:, reorder_at:]).abs().max()
+    return stepwise, max(diff_before.item(), diff_after.item())
+
+
+def train_vs_eval_after_loading(arch, tmp_path, *flags):
+    """Max abs difference of train-mode (dropout 0) and eval-mode outputs of a model loaded from a saved state."""
+    model, task = build(arch, *flags, *NO_DROPOUT)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    loaded, _ = build(arch, *flags, *NO_DROPOUT, task=task, seed=5)
+    loaded.load_state_dict(torch.load(tmp_path / "weights.pt"))  # sets fairseq's load_to_BT on encoder layers
+    src, lengths, prev = random_batch(task)
+    loaded.eval()
+    with torch.no_grad():
+        eval_out = loaded(src, lengths, prev)[0]
+    loaded.train()
+    train_out = loaded(src, lengths, prev)[0]
+    return (train_out - eval_out).abs().max().item()

@@ -4,7 +4,7 @@ from argparse import Namespace
 
 import pytest
 
-from sparse_attn_fairseq.options import AttentionOptionsError, NormalizerSpec, read_attention_options
+from sparse_attn_fairseq.options import RELA, AttentionOptionsError, NormalizerSpec, read_attention_options
 
 
 def test_defaults_are_learned_alpha_everywhere_with_random_init():
@@ -46,3 +46,28 @@ def test_init_outside_clamp_range_and_inverted_range():
         read_attention_options(Namespace(entmax_alpha_init="1.9", entmax_alpha_max=1.5))
     with pytest.raises(AttentionOptionsError, match="must be below"):
         read_attention_options(Namespace(entmax_alpha_min=1.6, entmax_alpha_max=1.5))
+
+
+def test_rela_defaults_are_gated_rela_everywhere():
+    options = read_attention_options(Namespace(), method=RELA)
+    expected = NormalizerSpec("rela", output_norm=(("variant", "gated"), ("per_head", False)))
+    for kind in ("encoder", "decoder", "encoder_decoder"):
+        assert options.spec(kind) == expected
+    assert options.spec("decoder").output_norm_kwargs() == {"variant": "gated", "per_head": False}
+
+
+def test_rela_per_type_softmax_has_no_output_norm():
+    args = Namespace(encoder_attention_normalizer="softmax", rela_norm_variant="init", rela_norm_per_head=True)
+    options = read_attention_options(args, method=RELA)
+    assert options.encoder == NormalizerSpec("softmax") and options.encoder.output_norm_kwargs() is None
+    assert options.decoder.output_norm_kwargs() == {"variant": "init", "per_head": True}
+
+
+def test_rela_problems_name_the_flag_and_entmax_models_refuse_rela():
+    args = Namespace(rela_norm_variant="gate", decoder_attention_normalizer="entmax15")
+    with pytest.raises(AttentionOptionsError) as error:
+        read_attention_options(args, method=RELA)
+    assert "--rela-norm-variant='gate'" in str(error.value)
+    assert "--decoder-attention-normalizer='entmax15': choose one of rela, softmax" in str(error.value)
+    with pytest.raises(AttentionOptionsError, match="--encoder-attention-normalizer='rela'"):
+        read_attention_options(Namespace(encoder_attention_normalizer="rela"))

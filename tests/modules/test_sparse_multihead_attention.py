@@ -1,5 +1,7 @@
 """SparseMultiheadAttention on its own: weights, masks, incremental state, span and output-norm hooks, stats."""
 
+import math
+
 import pytest
 import torch
 from fairseq.logging import metrics
@@ -135,6 +137,31 @@ def test_stats_log_zero_fraction_and_alpha():
     assert agg.get_smoothed_values()["zeros_unit"] == pytest.approx(expected, abs=1e-3)
     assert agg.get_smoothed_values()["alpha_unit"] == pytest.approx(attention.normalizer.alpha().mean().item(),
                                                                     abs=1e-3)
+
+
+def test_rela_hand_computed_weights_masking_null_row_and_gated_norm():
+    """embed_dim 2, one head, identity projections: weights relu(q.k / sqrt(2)) with the padded key zeroed before
+    the relu, a null row, then gated RMSNorm (gain 1, w 1) before out_proj."""
+    attention = SparseMultiheadAttention(2, 1, build_normalizer("rela", 1), encoder_decoder_attention=True,
+                                         output_norm=RelaOutputNorm(2, 1), stats_key="hand").eval()
+    with torch.no_grad():
+        for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+            proj.weight.copy_(torch.eye(2))
+            proj.bias.zero_()
+    queries = torch.tensor([[1.0, 0.0], [-1.0, -1.0]]).unsqueeze(1)  # (tgt_len=2, bsz=1, 2)
+    keys = torch.tensor([[2.0, 0.0], [-1.0, 1.0], [3.0, 3.0]]).unsqueeze(1)  # (src_len=3, bsz=1, 2)
+    padding = torch.tensor([[False, False, True]])  # key 2 would score 3 / sqrt(2) > 0 for query 0
+    with metrics.aggregate(new_root=True) as agg:
+        out, weights = attention(queries, keys, keys, key_padding_mask=padding, static_kv=True,
+                                 need_head_weights=True)
+    # scores: q0 = [2, -1, (3)] / sqrt(2); q1 = [-2, 0, (-6)] / sqrt(2) -> a null row
+    expected_weights = torch.tensor([[[math.sqrt(2), 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(weights[0], expected_weights, atol=1e-6, rtol=0)
+    # o0 = sqrt(2) * k0 = [2 sqrt(2), 0]; rms = sqrt(8 / 2) = 2; y = o / rms * sigmoid(o); o1 = 0 -> y = 0
+    expected_out = torch.tensor([[[math.sqrt(2) / (1 + math.exp(-2 * math.sqrt(2))), 0.0]], [[0.0, 0.0]]])
+    torch.testing.assert_close(out, expected_out, atol=1e-6, rtol=0)
+    stats = agg.get_smoothed_values()
+    assert stats["zeros_hand"] == pytest.approx(3 / 4) and stats["null_hand"] == pytest.approx(1 / 2)
 
 
 def test_constructor_reports_every_problem():

@@ -1,16 +1,22 @@
-"""transformer_entmax and transformer_lm_entmax through the real fairseq console scripts, on tiny generated data."""
+"""Every sparse architecture through the real fairseq console scripts, on tiny generated data.
+
+Shared checks are parametrised by architecture (``trained``: one tiny model per architecture and session); each
+method's own log keys and flag errors follow.
+"""
 
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.models.builders import TINY_MT_FLAGS, USER_DIR
-from tests.models.conftest import run_cli, train_entmax
+from tests.models.conftest import run_cli, train_entmax, train_model
 
 GENERATION_LIMITS = ["--max-len-a", "1.2", "--max-len-b", "5"]
+MODEL_CLASSES = {"transformer_entmax": "TransformerEntmaxModel", "transformer_rela": "TransformerRelaModel"}
 
 
 def _num_updates(checkpoint):
@@ -19,54 +25,75 @@ def _num_updates(checkpoint):
     return checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["optimizer_history"][-1]["num_updates"]
 
 
-def test_train_logs_alpha_and_sparsity_per_attention_type(entmax_run):
+def _log_line(log, kind):
+    return next(line for line in log.splitlines() if f"| {kind} |" in line)
+
+
+def test_entmax_logs_alpha_and_sparsity_per_attention_type(entmax_run):
     save_dir, log = entmax_run
     assert _num_updates(save_dir / "checkpoint_last.pt") == 30
     for line_kind in ("train", "valid"):
-        line = next(line for line in log.splitlines() if f"| {line_kind} |" in line)
+        line = _log_line(log, line_kind)
         for key in ("alpha_enc", "alpha_dec", "alpha_encdec", "zeros_enc", "zeros_dec", "zeros_encdec"):
             assert re.search(rf"{key} [\d.]+", line), line
     alphas = [float(v) for v in re.findall(r"alpha_\w+ ([\d.]+)", log)]
     assert all(1.01 <= a <= 2.0 for a in alphas)
 
 
-def test_resume_continues_from_checkpoint(entmax_data, entmax_run, tmp_path):
-    shutil.copy(entmax_run[0] / "checkpoint_last.pt", tmp_path / "checkpoint_last.pt")
-    log = train_entmax(entmax_data, tmp_path, 35)
+def test_rela_logs_zeros_and_null_rows_per_attention_type(rela_run):
+    save_dir, log = rela_run
+    assert _num_updates(save_dir / "checkpoint_last.pt") == 30
+    for line_kind in ("train", "valid"):
+        line = _log_line(log, line_kind)
+        for key in ("zeros_enc", "zeros_dec", "zeros_encdec", "null_enc", "null_dec", "null_encdec"):
+            assert re.search(rf"{key} [\d.]+", line), line
+        assert "alpha_" not in line
+    fractions = [float(v) for v in re.findall(r"(?:zeros|null)_\w+ ([\d.]+)", log)]
+    assert all(0.0 <= f <= 1.0 for f in fractions) and any(f > 0 for f in fractions)
+
+
+def test_resume_continues_from_checkpoint(entmax_data, trained, tmp_path):
+    arch, save_dir, _ = trained
+    shutil.copy(save_dir / "checkpoint_last.pt", tmp_path / "checkpoint_last.pt")
+    log = train_model(arch, entmax_data, tmp_path, 35)
     assert re.search(r"Loaded checkpoint .*\(epoch \d+ @ 30 updates\)", log.stdout + log.stderr)
     assert _num_updates(tmp_path / "checkpoint_last.pt") == 35
 
 
-def test_generate_beam_with_alignment(entmax_data, entmax_run):
+def test_generate_beam_with_alignment(entmax_data, trained):
+    _, save_dir, _ = trained
     result = run_cli("fairseq-generate", entmax_data, "--user-dir", USER_DIR, "--path",
-                     entmax_run[0] / "checkpoint_last.pt", "--gen-subset", "test", "--beam", "5", "--batch-size", "16",
+                     save_dir / "checkpoint_last.pt", "--gen-subset", "test", "--beam", "5", "--batch-size", "16",
                      "--print-alignment", "--cpu", *GENERATION_LIMITS)
     lines = result.stdout.splitlines()
     assert sum(line.startswith("H-") for line in lines) == 40
+    assert "nan" not in " ".join(line for line in lines if line.startswith(("H-", "P-"))).lower()
     alignments = [line for line in lines if line.startswith("A-")]
     assert len(alignments) == 40 and all(re.fullmatch(r"A-\d+\t(\d+-\d+ ?)*", line) for line in alignments)
 
 
-def test_interactive_translates_stdin(entmax_data, entmax_run):
+def test_interactive_translates_stdin(entmax_data, trained):
+    _, save_dir, _ = trained
     source = (entmax_data.parent / "raw" / "test.src").read_text().splitlines()[:3]
     result = run_cli("fairseq-interactive", entmax_data, "--user-dir", USER_DIR, "--path",
-                     entmax_run[0] / "checkpoint_last.pt", "--beam", "5", "--source-lang", "src", "--target-lang",
+                     save_dir / "checkpoint_last.pt", "--beam", "5", "--source-lang", "src", "--target-lang",
                      "tgt", "--cpu", *GENERATION_LIMITS, stdin="\n".join(source) + "\n")
     assert sum(line.startswith("H-") for line in result.stdout.splitlines()) == 3
 
 
-def test_hub_interface_translates(entmax_data, entmax_run):
+def test_hub_interface_translates(entmax_data, trained):
     from fairseq.models.transformer import TransformerModel
 
-    hub = TransformerModel.from_pretrained(str(entmax_run[0]), checkpoint_file="checkpoint_last.pt",
+    arch, save_dir, _ = trained
+    hub = TransformerModel.from_pretrained(str(save_dir), checkpoint_file="checkpoint_last.pt",
                                            data_name_or_path=str(entmax_data), user_dir=str(USER_DIR),
                                            source_lang="src", target_lang="tgt")
-    assert type(hub.models[0]).__name__ == "TransformerEntmaxModel"
+    assert type(hub.models[0]).__name__ == MODEL_CLASSES[arch]
     sentence = (entmax_data.parent / "raw" / "test.src").read_text().splitlines()[0]
     assert hub.translate(sentence, beam=5, max_len_a=1.2, max_len_b=5).strip()
 
 
-def test_invalid_flag_values_stop_training_before_it_starts(entmax_data, tmp_path):
+def test_entmax_invalid_flag_values_stop_training_before_it_starts(entmax_data, tmp_path):
     result = train_entmax(entmax_data, tmp_path, 5, "--entmax-alpha-min", "0.5", "--entmax-alpha-init", "abc",
                           check=False)
     log = result.stdout + result.stderr
@@ -77,10 +104,19 @@ def test_invalid_flag_values_stop_training_before_it_starts(entmax_data, tmp_pat
     assert result.returncode != 0 and "--decoder-attention-normalizer" in result.stderr
 
 
-def test_two_process_cpu_training_keeps_ranks_identical(entmax_data, tmp_path):
+def test_rela_invalid_flag_values_name_the_flag(entmax_data, tmp_path):
+    for flags, named in ((["--rela-norm-variant", "gate"], "--rela-norm-variant"),
+                         (["--encoder-attention-normalizer", "entmax15"], "--encoder-attention-normalizer")):
+        result = train_model("transformer_rela", entmax_data, tmp_path, 5, *flags, check=False)
+        assert result.returncode != 0 and named in result.stderr and flags[1] in result.stderr
+        assert not list(tmp_path.glob("*.pt"))
+
+
+def test_two_process_cpu_training_keeps_ranks_identical(entmax_data, trained, tmp_path):
+    arch = trained[0]
     script = Path(__file__).with_name("ddp_state_dump.py")
     run_cli(Path(sys.executable).parent / "torchrun", "--nproc_per_node", "2", script, tmp_path, entmax_data,
-            "--user-dir", USER_DIR, "--arch", "transformer_entmax", *TINY_MT_FLAGS, "--max-update", "6",
+            "--user-dir", USER_DIR, "--arch", arch, *TINY_MT_FLAGS, "--max-update", "6",
             "--save-dir", tmp_path, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
             "--disable-validation", env={"OMP_NUM_THREADS": "1"})
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -89,18 +125,19 @@ def test_two_process_cpu_training_keeps_ranks_identical(entmax_data, tmp_path):
     assert _num_updates(tmp_path / "checkpoint_last.pt") == 6
 
 
-def test_language_model_trains_and_evaluates(entmax_data, tmp_path):
+@pytest.mark.parametrize("arch, log_key", [("transformer_lm_entmax", "alpha_dec"), ("transformer_lm_rela", "null_dec")])
+def test_language_model_trains_and_evaluates(entmax_data, tmp_path, arch, log_key):
     raw = entmax_data.parent / "raw"
     lm_bin = tmp_path / "lm-bin"
     run_cli("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.tgt", "--validpref", raw / "valid.tgt",
             "--testpref", raw / "test.tgt", "--destdir", lm_bin, "--workers", "1")
     log = run_cli("fairseq-train", lm_bin, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch",
-                  "transformer_lm_entmax", "--decoder-layers", "1", "--decoder-embed-dim", "32",
+                  arch, "--decoder-layers", "1", "--decoder-embed-dim", "32",
                   "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2", "--sample-break-mode", "eos",
                   "--tokens-per-sample", "64", "--max-tokens", "512", "--optimizer", "adam", "--lr", "3e-3",
                   "--max-update", "10", "--save-dir", tmp_path / "ckpt", "--cpu", "--num-workers", "0",
                   "--log-format", "simple", "--no-epoch-checkpoints", "--seed", "1")
-    assert re.search(r"alpha_dec [\d.]+", log.stdout + log.stderr)
+    assert re.search(rf"{log_key} [\d.]+", log.stdout + log.stderr)
     result = run_cli("fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path", tmp_path / "ckpt/checkpoint_last.pt",
                      "--sample-break-mode", "eos", "--max-tokens", "512", "--cpu")
     assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", result.stdout + result.stderr)

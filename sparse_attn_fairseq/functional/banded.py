@@ -1,0 +1,128 @@
+"""Banded self-attention: each query sees only a window of ``left`` keys before it and ``right`` after it.
+
+Adaptive span (Sukhbaatar et al., ACL 2019, section 3.1) gives every key farther than the layer's largest span + ramp
+a zero weight; computing scores for those keys is wasted work. Here queries are cut into blocks of ``block`` rows,
+and each block is multiplied with the keys of its window only, ``width = block + left + right`` of them, in one
+batched matmul. Costs fall from tgt_len^2 to tgt_len * width per head, memory likewise.
+
+Layout: a banded tensor (..., padded_len, width) holds, for query i (block b = i // block), the keys at positions
+``b * block - left + w`` for w in [0, width); positions outside [0, src_len) are marked invalid. padded_len is tgt_len
+rounded up to a multiple of ``block`` (the extra query rows are dropped by the caller).
+It equals the full computation restricted to the band (see tests/functional/test_banded.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Band:
+    """Geometry of a banded computation over ``length`` queries and keys (self-attention)."""
+
+    length: int
+    left: int
+    right: int
+    block: int
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.length / self.block)
+
+    @property
+    def padded_len(self) -> int:
+        return self.num_blocks * self.block
+
+    @property
+    def width(self) -> int:
+        return self.block + self.left + self.right
+
+    def key_index(self, device=None) -> torch.Tensor:
+        """(padded_len, width) index of each band entry's key into the keys padded by ``left`` in front."""
+        starts = torch.arange(self.padded_len, device=device) // self.block * self.block  # (padded_len,)
+        return starts[:, None] + torch.arange(self.width, device=device)  # (padded_len, width)
+
+    def distances(self, causal: bool, device=None) -> torch.Tensor:
+        """(padded_len, width) float distances query - key (|query - key| unless causal), as span_distances."""
+        query = torch.arange(self.padded_len, device=device)[:, None]  # (padded_len, 1)
+        dist = (query - (self.key_index(device) - self.left)).float()  # (padded_len, width)
+        return dist if causal else dist.abs()
+
+    def outside(self, device=None) -> torch.Tensor:
+        """(padded_len, width) bool: the band entry's key position lies outside [0, length)."""
+        key = self.key_index(device) - self.left
+        return (key < 0) | (key >= self.length)
+
+
+def make_band(length: int, keys_per_side: int, causal: bool) -> Band:
+    """The band of a span covering ``keys_per_side`` keys (the query's own key included) on each allowed side.
+
+    Blocks of about half the window keep the band narrow (width ~ 1.5 windows causal, ~2.5 symmetric) while the
+    batched matmuls stay large enough to be efficient.
+    """
+    keys_per_side = max(1, min(keys_per_side, length))
+    left = keys_per_side - 1
+    right = 0 if causal else keys_per_side - 1
+    block = max(1, min(length, max(16, math.ceil(keys_per_side / 2))))
+    return Band(length, left, right, block)
+
+
+def _pad_keys(x: torch.Tensor, band: Band, value=0.0) -> torch.Tensor:
+    """Pad dim -2 of (..., length, d) to (..., left + padded_len + right, d)."""
+    return F.pad(x, (0, 0, band.left, band.padded_len - band.length + band.right), value=value)
+
+
+def band_queries(q: torch.Tensor, band: Band) -> torch.Tensor:
+    """(..., length, d) -> (..., num_blocks, block, d), zero rows appended."""
+    q = F.pad(q, (0, 0, 0, band.padded_len - band.length))  # (..., padded_len, d)
+    return q.unflatten(-2, (band.num_blocks, band.block))  # (..., num_blocks, block, d)
+
+
+def band_keys(k: torch.Tensor, band: Band) -> torch.Tensor:
+    """(..., length, d) -> (..., num_blocks, width, d): the keys (or values) of each query block's window."""
+    windows = _pad_keys(k, band).unfold(-2, band.width, band.block)  # (..., num_blocks, d, width), a view
+    return windows.transpose(-1, -2)  # (..., num_blocks, width, d)
+
+
+def band_scores(q: torch.Tensor, k: torch.Tensor, band: Band) -> torch.Tensor:
+    """q.k^T on the band: q, k (..., length, d) -> (..., padded_len, width)."""
+    scores = torch.matmul(band_queries(q, band), band_keys(k, band).transpose(-1, -2))  # (..., nb, block, width)
+    return scores.flatten(-3, -2)  # (..., padded_len, width)
+
+
+def band_mix(weights: torch.Tensor, v: torch.Tensor, band: Band) -> torch.Tensor:
+    """weights (..., padded_len, width) x v (..., length, d) -> (..., length, d)."""
+    blocks = weights.unflatten(-2, (band.num_blocks, band.block))  # (..., nb, block, width)
+    out = torch.matmul(blocks, band_keys(v, band)).flatten(-3, -2)  # (..., padded_len, d)
+    return out[..., : band.length, :]
+
+
+def band_gather_keys(table: torch.Tensor, band: Band, fill) -> torch.Tensor:
+    """A per-key table (..., length), e.g. a key padding mask (bsz, src_len), on the band: (..., padded_len, width).
+
+    ``fill`` is used for key positions outside [0, length).
+    """
+    padded = F.pad(table, (band.left, band.padded_len - band.length + band.right), value=fill)  # (..., L)
+    return padded[..., band.key_index(table.device)]  # (..., padded_len, width)
+
+
+def band_gather_rows(matrix: torch.Tensor, band: Band, fill) -> torch.Tensor:
+    """A per-query-and-key table (length, length), e.g. an attention mask, on the band: (padded_len, width).
+
+    ``fill`` is used outside the keys and for the padded query rows.
+    """
+    padded = F.pad(matrix, (band.left, band.padded_len - band.length + band.right, 0, band.padded_len - band.length),
+                   value=fill)  # (padded_len, L)
+    return torch.gather(padded, -1, band.key_index(matrix.device))  # (padded_len, width)
+
+
+def unband(weights: torch.Tensor, band: Band) -> torch.Tensor:
+    """Scatter banded weights (..., padded_len, width) back to full (..., length, length), zeros off the band."""
+    index = band.key_index(weights.device).expand(weights.shape)  # (..., padded_len, width)
+    full_width = band.left + band.padded_len + band.right
+    full = weights.new_zeros(weights.shape[:-1] + (full_width,)).scatter_(-1, index, weights)
+    return full[..., : band.length, band.left : band.left + band.length]  # (..., length, length)

@@ -1,6 +1,6 @@
 """Model registrations: one module per method. Importing this package registers them all."""
 
-from sparse_attn_fairseq.models import transformer_entmax
+from sparse_attn_fairseq.models import transformer_adaptive_span, transformer_entmax
 
 # Architectures this package registers with fairseq (checked by the --user-dir tests).
-ARCHITECTURES: tuple = transformer_entmax.ARCHITECTURES
+ARCHITECTURES: tuple = (*transformer_entmax.ARCHITECTURES, *transformer_adaptive_span.ARCHITECTURES)

@@ -103,10 +103,10 @@ def _train_copy_lm(coefficient, steps=30, seed=0):
     history = []
     model.train()
     for step in range(steps):
-        half = torch.randint(task.target_dictionary.nspecial, len(task.target_dictionary), (8, 10), generator=g)
+        half = torch.randint(task.target_dictionary.nspecial, len(task.target_dictionary), (16, 10), generator=g)
         tokens = torch.cat([half, half], dim=1)  # (bsz, 20)
-        sample = {"net_input": {"src_tokens": tokens[:, :-1]}, "target": tokens[:, 1:].contiguous(), "ntokens": 8 * 19,
-                  "nsentences": 8}
+        sample = {"net_input": {"src_tokens": tokens[:, :-1]}, "target": tokens[:, 1:].contiguous(), "ntokens": 16 * 19,
+                  "nsentences": 16}
         optimizer.zero_grad()
         loss, sample_size, _ = criterion(model, sample)
         loss.backward()

@@ -2,21 +2,13 @@
 
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import torch
 
-from tests.models.builders import TINY_MT_FLAGS, USER_DIR
-from tests.models.conftest import run_cli, train_entmax
-
-GENERATION_LIMITS = ["--max-len-a", "1.2", "--max-len-b", "5"]
-
-
-def _num_updates(checkpoint):
-    from fairseq import checkpoint_utils
-
-    return checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["optimizer_history"][-1]["num_updates"]
+from tests.models.builders import USER_DIR
+from tests.models.conftest import (
+    GENERATION_LIMITS, num_updates as _num_updates, run_cli, torchrun_rank_states, train_and_eval_lm, train_entmax,
+)
 
 
 def test_train_logs_alpha_and_sparsity_per_attention_type(entmax_run):
@@ -78,29 +70,12 @@ def test_invalid_flag_values_stop_training_before_it_starts(entmax_data, tmp_pat
 
 
 def test_two_process_cpu_training_keeps_ranks_identical(entmax_data, tmp_path):
-    script = Path(__file__).with_name("ddp_state_dump.py")
-    run_cli(Path(sys.executable).parent / "torchrun", "--nproc_per_node", "2", script, tmp_path, entmax_data,
-            "--user-dir", USER_DIR, "--arch", "transformer_entmax", *TINY_MT_FLAGS, "--max-update", "6",
-            "--save-dir", tmp_path, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-            "--disable-validation", env={"OMP_NUM_THREADS": "1"})
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = torchrun_rank_states("transformer_entmax", entmax_data, tmp_path)
     assert ranks[0].keys() == ranks[1].keys()
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
-    assert _num_updates(tmp_path / "checkpoint_last.pt") == 6
 
 
 def test_language_model_trains_and_evaluates(entmax_data, tmp_path):
-    raw = entmax_data.parent / "raw"
-    lm_bin = tmp_path / "lm-bin"
-    run_cli("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.tgt", "--validpref", raw / "valid.tgt",
-            "--testpref", raw / "test.tgt", "--destdir", lm_bin, "--workers", "1")
-    log = run_cli("fairseq-train", lm_bin, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch",
-                  "transformer_lm_entmax", "--decoder-layers", "1", "--decoder-embed-dim", "32",
-                  "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2", "--sample-break-mode", "eos",
-                  "--tokens-per-sample", "64", "--max-tokens", "512", "--optimizer", "adam", "--lr", "3e-3",
-                  "--max-update", "10", "--save-dir", tmp_path / "ckpt", "--cpu", "--num-workers", "0",
-                  "--log-format", "simple", "--no-epoch-checkpoints", "--seed", "1")
-    assert re.search(r"alpha_dec [\d.]+", log.stdout + log.stderr)
-    result = run_cli("fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path", tmp_path / "ckpt/checkpoint_last.pt",
-                     "--sample-break-mode", "eos", "--max-tokens", "512", "--cpu")
-    assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", result.stdout + result.stderr)
+    train_log, eval_log = train_and_eval_lm("transformer_lm_entmax", entmax_data, tmp_path)
+    assert re.search(r"alpha_dec [\d.]+", train_log)
+    assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", eval_log)

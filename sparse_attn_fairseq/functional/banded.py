@@ -5,7 +5,7 @@ a zero weight; computing scores for those keys is wasted work. Here queries are 
 and each block is multiplied with the keys of its window only, ``width = block + left + right`` of them, in one
 batched matmul. Costs fall from tgt_len^2 to tgt_len * width per head, memory likewise.
 
-Layout: a banded tensor (..., padded_len, width) holds, for query i (block b = i // block), the keys at positions
+Layout: a banded tensor (..., num_blocks, block, width) holds, for query i = b * block + r, the keys at positions
 ``b * block - left + w`` for w in [0, width); positions outside [0, src_len) are marked invalid. padded_len is tgt_len
 rounded up to a multiple of ``block`` (the extra query rows are dropped by the caller).
 It equals the full computation restricted to the band (see tests/functional/test_banded.py).
@@ -47,15 +47,18 @@ class Band:
         return starts[:, None] + torch.arange(self.width, device=device)  # (padded_len, width)
 
     def distances(self, causal: bool, device=None) -> torch.Tensor:
-        """(padded_len, width) float distances query - key (|query - key| unless causal), as span_distances."""
-        query = torch.arange(self.padded_len, device=device)[:, None]  # (padded_len, 1)
-        dist = (query - (self.key_index(device) - self.left)).float()  # (padded_len, width)
+        """(block, width) float distances query - key (|query - key| unless causal), as span_distances.
+
+        The same for every block: query row r of a block and band column w are r + left - w apart.
+        """
+        row = torch.arange(self.block, device=device)[:, None]  # (block, 1)
+        dist = (row + self.left - torch.arange(self.width, device=device)).float()  # (block, width)
         return dist if causal else dist.abs()
 
     def outside(self, device=None) -> torch.Tensor:
-        """(padded_len, width) bool: the band entry's key position lies outside [0, length)."""
+        """(num_blocks, block, width) bool: the band entry's key position lies outside [0, length)."""
         key = self.key_index(device) - self.left
-        return (key < 0) | (key >= self.length)
+        return ((key < 0) | (key >= self.length)).view(self.num_blocks, self.block, self.width)
 
 
 def make_band(length: int, keys_per_side: int, causal: bool) -> Band:
@@ -89,39 +92,46 @@ def band_keys(k: torch.Tensor, band: Band) -> torch.Tensor:
 
 
 def band_scores(q: torch.Tensor, k: torch.Tensor, band: Band) -> torch.Tensor:
-    """q.k^T on the band: q, k (..., length, d) -> (..., padded_len, width)."""
-    scores = torch.matmul(band_queries(q, band), band_keys(k, band).transpose(-1, -2))  # (..., nb, block, width)
-    return scores.flatten(-3, -2)  # (..., padded_len, width)
+    """q.k^T on the band: q, k (..., length, d) -> (..., num_blocks, block, width)."""
+    return torch.matmul(band_queries(q, band), band_keys(k, band).transpose(-1, -2))  # (..., nb, block, width)
 
 
 def band_mix(weights: torch.Tensor, v: torch.Tensor, band: Band) -> torch.Tensor:
-    """weights (..., padded_len, width) x v (..., length, d) -> (..., length, d)."""
-    blocks = weights.unflatten(-2, (band.num_blocks, band.block))  # (..., nb, block, width)
-    out = torch.matmul(blocks, band_keys(v, band)).flatten(-3, -2)  # (..., padded_len, d)
+    """weights (..., num_blocks, block, width) x v (..., length, d) -> (..., length, d)."""
+    out = torch.matmul(weights, band_keys(v, band)).flatten(-3, -2)  # (..., padded_len, d)
     return out[..., : band.length, :]
+
+
+def _key_positions(band: Band, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded_len, width) key positions clamped into [0, length), and where they were outside."""
+    key = band.key_index(device) - band.left  # (padded_len, width)
+    outside = (key < 0) | (key >= band.length)
+    return key.clamp(0, band.length - 1), outside
 
 
 def band_gather_keys(table: torch.Tensor, band: Band, fill) -> torch.Tensor:
     """A per-key table (..., length), e.g. a key padding mask (bsz, src_len), on the band: (..., padded_len, width).
 
-    ``fill`` is used for key positions outside [0, length).
+    ``fill`` is used for key positions outside [0, length). Reads only the band: O(padded_len * width).
     """
-    padded = F.pad(table, (band.left, band.padded_len - band.length + band.right), value=fill)  # (..., L)
-    return padded[..., band.key_index(table.device)]  # (..., padded_len, width)
+    key, outside = _key_positions(band, table.device)
+    return table[..., key].masked_fill(outside, fill)  # (..., padded_len, width)
 
 
 def band_gather_rows(matrix: torch.Tensor, band: Band, fill) -> torch.Tensor:
     """A per-query-and-key table (length, length), e.g. an attention mask, on the band: (padded_len, width).
 
-    ``fill`` is used outside the keys and for the padded query rows.
+    ``fill`` is used outside the keys and for the padded query rows. Reads only the band: O(padded_len * width).
     """
-    padded = F.pad(matrix, (band.left, band.padded_len - band.length + band.right, 0, band.padded_len - band.length),
-                   value=fill)  # (padded_len, L)
-    return torch.gather(padded, -1, band.key_index(matrix.device))  # (padded_len, width)
+    key, outside = _key_positions(band, matrix.device)
+    query = torch.arange(band.padded_len, device=matrix.device)[:, None]  # (padded_len, 1)
+    outside = outside | (query >= band.length)
+    return matrix[query.clamp(max=band.length - 1), key].masked_fill(outside, fill)  # (padded_len, width)
 
 
 def unband(weights: torch.Tensor, band: Band) -> torch.Tensor:
-    """Scatter banded weights (..., padded_len, width) back to full (..., length, length), zeros off the band."""
+    """Scatter banded weights (..., num_blocks, block, width) to full (..., length, length), zeros off the band."""
+    weights = weights.flatten(-3, -2)  # (..., padded_len, width)
     index = band.key_index(weights.device).expand(weights.shape)  # (..., padded_len, width)
     full_width = band.left + band.padded_len + band.right
     full = weights.new_zeros(weights.shape[:-1] + (full_width,)).scatter_(-1, index, weights)

@@ -157,9 +157,9 @@ class SparseMultiheadAttention(nn.Module):
         if band is None:
             weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans)  # (bsz, H, tgt, src)
         else:
-            weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, pad, W)
+            weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, nb, block, W)
         if self.stats_key is not None and incremental_state is None:
-            self._log_stats(weights[..., :tgt_len, :], None if mask is None else mask[..., :tgt_len, :], spans)
+            self._log_stats(weights, mask, spans)
         probs = self.dropout_module(weights)
         attn = self._mix_values(probs, v) if band is None else band_mix(probs, v, band).permute(2, 0, 1, 3).flatten(2)
         if self.output_norm is not None:  # attn: (tgt_len, bsz, embed_dim)
@@ -200,27 +200,34 @@ class SparseMultiheadAttention(nn.Module):
 
     def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
                       spans: Tensor, band: Band) -> Tuple[Tensor, Tensor]:
-        """Weights (bsz, H, padded_len, width) on the band; equal to :meth:`_full_weights` restricted to it."""
-        scores = band_scores(q, k, band)  # (bsz, num_heads, padded_len, width)
-        mask = band.outside(scores.device)  # (padded_len, width)
-        if attn_mask is not None:
-            masked, additive = self._split_attn_mask(attn_mask)  # (tgt_len, src_len) each
-            mask = mask | band_gather_rows(masked, band, True)
+        """Weights (bsz, H, num_blocks, block, width) on the band; :meth:`_full_weights` restricted to it."""
+        scores = band_scores(q, k, band)  # (bsz, num_heads, num_blocks, block, width)
+        mask = band.outside(scores.device)  # (num_blocks, block, width)
+        if attn_mask is not None:  # read on the band only
+            fill = float("-inf") if attn_mask.dtype.is_floating_point else True
+            masked, additive = self._split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
+            mask = mask | masked.view_as(mask)
             if additive is not None:
-                scores = scores + band_gather_rows(additive, band, 0.0).to(scores.dtype)
+                scores = scores + additive.view_as(mask).to(scores.dtype)
         if key_padding_mask is not None:
             padding = band_gather_keys(key_padding_mask.to(torch.bool), band, True)  # (bsz, padded_len, width)
-            mask = mask | padding[:, None]  # (bsz, 1, padded_len, width)
-        if spans.ndim == 3:  # dynamic (bsz, H, tgt_len): zero spans for the padded query rows
-            spans = nn.functional.pad(spans, (0, band.padded_len - band.length))
-        return self._normalize_with_span(scores, mask, band.distances(self.causal, scores.device), spans)
+            mask = mask | padding.view(-1, 1, *mask.shape)  # (bsz, 1, num_blocks, block, width)
+        if spans.ndim == 3:  # dynamic (bsz, H, tgt_len) -> (bsz, H, num_blocks, block), zero for padded rows
+            spans = nn.functional.pad(spans, (0, band.padded_len - band.length)).unflatten(-1, mask.shape[-3:-1])
+        # the distances repeat in every block: a static mask is (H, block, width), broadcast over the blocks
+        soft = self.span.mask_at(band.distances(self.causal, scores.device), self.causal, spans)
+        soft = soft.unsqueeze(-3) if spans.ndim == 1 else soft  # (H, 1, block, W) or (bsz, H, nb, block, W)
+        mask = mask | (soft == 0)  # (.., H, num_blocks, block, width)
+        flat = self.normalizer(scores.flatten(2, 3), mask.flatten(-3, -2))  # (bsz, H, padded_len, width)
+        weights = self.span.apply_mask(flat.unflatten(2, mask.shape[-3:-1]), soft, self.renormalize_span)
+        return weights, mask
 
     def _normalize_with_span(self, scores: Tensor, mask: Optional[Tensor], dist: Tensor,
                              spans: Tensor) -> Tuple[Tensor, Tensor]:
         """Normalise over the keys with a nonzero span mask m, then weights * m (renormalised unless ReLA)."""
-        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, W) or (bsz, H, T, W)
-        mask = soft == 0 if mask is None else mask | (soft == 0)  # broadcast to (bsz, H, T, W)
-        weights = self.normalizer(scores, mask)  # (bsz, num_heads, T, W)
+        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
+        mask = soft == 0 if mask is None else mask | (soft == 0)  # broadcast to (bsz, H, T, S)
+        weights = self.normalizer(scores, mask)  # (bsz, num_heads, T, S)
         return self.span.apply_mask(weights, soft, self.renormalize_span), mask
 
     def _log_stats(self, weights: Tensor, mask: Optional[Tensor], spans: Optional[Tensor]) -> None:

@@ -12,7 +12,8 @@ Smoke run (under a minute):  python bench/bench_adaptive_span.py --quick
     large ones are returned to the system when freed).
 (b) fairseq-train of a language model (``--lm-dim``, ``--lm-layers``, 2048 tokens per sample) on the target side of
     the synthetic pair: transformer_lm_adaptive_span (spans ``--span``) vs fairseq's transformer_lm of the same size
-    (torch's fused attention). Words/s: median of the train_inner lines after the first, rounds interleaved. Memory:
+    (torch's fused attention), and a full-softmax LM built from the same attention module (transformer_lm_entmax
+    with softmax: the same eager code without a span). Words/s: median of the train_inner lines after the first, rounds interleaved. Memory:
     peak RSS of the fairseq-train process (ru_maxrss of the child).
 """
 
@@ -138,9 +139,18 @@ def lm_data(root: Path, sentences: int) -> Path:
     return root / "lm-bin"
 
 
-def lm_train(data: Path, save_dir: Path, arch: str, args):
-    span_flags = (["--adaptive-span-max", args.span, "--adaptive-span-init", 1.0, "--adaptive-span-ramp", RAMP]
-                  if "adaptive_span" in arch else [])
+def lm_flags(name: str, args):
+    """(architecture, extra flags) of the compared language models."""
+    return {
+        "transformer_lm": ("transformer_lm", []),
+        "full softmax, same module": ("transformer_lm_entmax", ["--decoder-attention-normalizer", "softmax"]),
+        "transformer_lm_adaptive_span": ("transformer_lm_adaptive_span", [
+            "--adaptive-span-max", args.span, "--adaptive-span-init", 1.0, "--adaptive-span-ramp", RAMP]),
+    }[name]
+
+
+def lm_train(data: Path, save_dir: Path, name: str, args):
+    arch, extra = lm_flags(name, args)
     log, peak = run_measured(
         BIN / "fairseq-train", data, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", arch,
         "--decoder-layers", args.lm_layers, "--decoder-embed-dim", args.lm_dim, "--decoder-input-dim", args.lm_dim,
@@ -148,7 +158,7 @@ def lm_train(data: Path, save_dir: Path, arch: str, args):
         "--decoder-attention-heads", 4, "--tokens-per-sample", args.length, "--sample-break-mode", "none",
         "--max-tokens", 2 * args.length, "--optimizer", "adam", "--lr", "1e-3", "--max-update", args.lm_updates,
         "--disable-validation", "--no-save", "--save-dir", save_dir, "--cpu", "--seed", 1, "--log-format", "simple",
-        "--log-interval", 2, "--num-workers", 0, *span_flags)
+        "--log-interval", 2, "--num-workers", 0, *extra)
     values = [float(v) for v in re.findall(r"train_inner .*?wps=([\d.]+)", log)]
     return statistics.median(values[1:] or values), peak
 
@@ -201,13 +211,13 @@ def layer_table(args):
 def lm_table(args):
     print(f"\n(b) fairseq-train language model: d {args.lm_dim}, {args.lm_layers} layers, {args.length} tokens per "
           f"sample, 2 samples per batch, spans {args.span}")
-    archs = ("transformer_lm", "transformer_lm_adaptive_span")
+    archs = ("transformer_lm", "full softmax, same module", "transformer_lm_adaptive_span")
     results = {arch: [] for arch in archs}
     with tempfile.TemporaryDirectory() as tmp:
         data = lm_data(Path(tmp), 1500 if args.quick else 12000)
         for round_index in range(args.rounds):
             for arch in archs if round_index % 2 == 0 else archs[::-1]:
-                results[arch].append(lm_train(data, Path(tmp) / f"{arch}-{round_index}", arch, args))
+                results[arch].append(lm_train(data, Path(tmp) / f"{arch.replace(' ', '_')}-{round_index}", arch, args))
                 print(f"round {round_index} {arch:30s} {results[arch][-1][0]:9.1f} wps  "
                       f"peak RSS {results[arch][-1][1]:7.0f} MiB", flush=True)
     print("| model | words/s (median of rounds) | ratio to transformer_lm | peak RSS (MiB) |")

@@ -49,3 +49,12 @@ def check_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
 def dead_rows(row_max: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:
     """Rows whose largest score is masked (-inf or below the finite-mask threshold): all their keys are masked."""
     return row_max <= masked_score_threshold(input_dtype)
+
+
+def split_attn_mask(attn_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fairseq's attn_mask (bool, or float with -inf / large negative entries) -> (bool mask, additive part or None)."""
+    if not attn_mask.dtype.is_floating_point:
+        return attn_mask.to(torch.bool), None
+    mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # -inf included
+    additive = attn_mask.masked_fill(mask, 0.0)
+    return mask, (additive if bool(additive.any()) else None)

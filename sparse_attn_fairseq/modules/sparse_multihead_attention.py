@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from sparse_attn_fairseq.functional.banded import (
     Band, band_gather_keys, band_gather_rows, band_mix, band_scores, make_band, unband,
 )
-from sparse_attn_fairseq.functional.masking import masked_score_threshold
+from sparse_attn_fairseq.functional.masking import split_attn_mask
 from sparse_attn_fairseq.functional.span import span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
@@ -205,7 +205,7 @@ class SparseMultiheadAttention(nn.Module):
         mask = band.outside(scores.device)  # (num_blocks, block, width)
         if attn_mask is not None:  # read on the band only
             fill = float("-inf") if attn_mask.dtype.is_floating_point else True
-            masked, additive = self._split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
+            masked, additive = split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
             mask = mask | masked.view_as(mask)
             if additive is not None:
                 scores = scores + additive.view_as(mask).to(scores.dtype)
@@ -317,7 +317,7 @@ class SparseMultiheadAttention(nn.Module):
         (finite, non-masking) part of a float ``attn_mask``."""
         mask = None
         if attn_mask is not None:
-            mask, additive = self._split_attn_mask(attn_mask)  # (tgt_len, src_len)
+            mask, additive = split_attn_mask(attn_mask)  # (tgt_len, src_len)
             if additive is not None:
                 scores = scores + additive.to(scores.dtype)
         if key_padding_mask is not None:
@@ -328,15 +328,6 @@ class SparseMultiheadAttention(nn.Module):
             padding = padding[:, None, None, :]  # (bsz, 1, 1, src_len)
             mask = padding if mask is None else mask | padding
         return scores, mask
-
-    @staticmethod
-    def _split_attn_mask(attn_mask: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """fairseq's attn_mask (bool, or float with -inf / large negative entries) -> (bool mask, additive or None)."""
-        if not attn_mask.dtype.is_floating_point:
-            return attn_mask.to(torch.bool), None
-        mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # -inf included
-        additive = attn_mask.masked_fill(mask, 0.0)
-        return mask, (additive if bool(additive.any()) else None)
 
     def _before_softmax_output(self, scores: Tensor, mask: Optional[Tensor], v: Tensor) -> Tuple[Tensor, Tensor]:
         """fairseq's ``before_softmax`` return: masked scores (bsz * H, tgt_len, src_len), v (kv_bsz * H, src_len, d)."""

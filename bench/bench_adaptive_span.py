@@ -6,8 +6,10 @@ Smoke run (under a minute):  python bench/bench_adaptive_span.py --quick
 
 (a) One SparseMultiheadAttention layer, forward + backward on ``--length`` tokens (softmax): full attention (no span)
     vs adaptive span with every head at ``--span`` tokens (ramp 32), computed on the band of keys, and the same span
-    computed over all keys (the masked computation the band replaces). Decoder (causal) and encoder (|i - j|).
-    Time: median over interleaved repetitions. Memory: peak RSS of a fresh process during one forward + backward,
+    computed over all keys (the masked computation the band replaces). Decoder (causal) and encoder (|i - j|); the
+    whole layer, and its attention core (q/k/v/out projections replaced by identities: the part a span changes).
+    Time: process CPU seconds (time.process_time) with ``--threads`` torch threads, median over interleaved
+    repetitions: on a shared machine (load ~10 on 2 cores here) wall time mostly measures the other tenants. Memory: peak RSS of a fresh process during one forward + backward,
     minus its RSS just before (RSS sampled every 0.2 ms by a thread from /proc/self/statm; CPU tensors live in RSS,
     large ones are returned to the system when freed).
 (b) fairseq-train of a language model (``--lm-dim``, ``--lm-layers``, 2048 tokens per sample) on the target side of
@@ -37,8 +39,9 @@ RAMP = 32
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def build_layer(kind: str, causal: bool, args):
-    """'full': no span; 'band' / 'masked': every head's span = args.span, banded or over all keys."""
+def build_layer(kind: str, causal: bool, args, core: bool = False):
+    """'full': no span; 'band' / 'masked': every head's span = args.span, banded or over all keys. ``core``: the
+    projections are identities."""
     import torch
 
     from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
@@ -52,6 +55,8 @@ def build_layer(kind: str, causal: bool, args):
     layer = SparseMultiheadAttention(args.dim, args.heads, build_normalizer("softmax", args.heads),
                                      self_attention=True, causal=causal, span=span)
     layer.span_banding = kind == "band"
+    if core:
+        layer.q_proj = layer.k_proj = layer.v_proj = layer.out_proj = torch.nn.Identity()
     return layer.train()
 
 
@@ -68,19 +73,21 @@ def layer_times(args):
     import torch
 
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     rows = []
     for causal in (True, False):
-        layers = {kind: build_layer(kind, causal, args) for kind in ("full", "band", "masked")}
-        x = torch.randn(args.length, args.bsz, args.dim, requires_grad=True)  # (tgt_len, bsz, embed_dim)
-        times = {kind: [] for kind in layers}
-        for kind in layers:  # warm-up
-            step(layers[kind], x, causal)
-        for _ in range(args.reps):
-            for kind, layer in layers.items():
-                start = time.perf_counter()
-                step(layer, x, causal)
-                times[kind].append(time.perf_counter() - start)
-        rows.append((causal, {kind: statistics.median(t) for kind, t in times.items()}))
+        for core in (False, True):
+            layers = {kind: build_layer(kind, causal, args, core) for kind in ("full", "band", "masked")}
+            x = torch.randn(args.length, args.bsz, args.dim, requires_grad=True)  # (tgt_len, bsz, embed_dim)
+            times = {kind: [] for kind in layers}
+            for kind in layers:  # warm-up
+                step(layers[kind], x, causal)
+            for _ in range(args.reps):
+                for kind, layer in layers.items():
+                    start = time.process_time()
+                    step(layer, x, causal)
+                    times[kind].append(time.process_time() - start)
+            rows.append((causal, core, {kind: statistics.median(t) for kind, t in times.items()}))
     return rows
 
 
@@ -172,6 +179,7 @@ def main():
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for (a)")
     parser.add_argument("--lm-dim", type=int, default=256)
     parser.add_argument("--lm-layers", type=int, default=4)
     parser.add_argument("--lm-updates", type=int, default=12)
@@ -197,14 +205,15 @@ def main():
 def layer_table(args):
     print(f"\n(a) one attention layer, forward + backward, {args.length} tokens, bsz {args.bsz}, d {args.dim}, "
           f"{args.heads} heads, span {args.span} (+ ramp {RAMP})")
-    print("| attention | full (s) | span, banded (s) | span, all keys (s) | speed-up banded vs full | "
+    print("| attention | part | full (CPU s) | span, banded (CPU s) | span, all keys (CPU s) | speed-up banded vs full | "
           "peak RSS full (MiB) | peak RSS banded (MiB) |")
-    print("|---|---|---|---|---|---|---|")
-    for causal, times in layer_times(args):
-        memory = {kind: layer_memory(kind, causal, args) for kind in ("full", "band")}
-        print(f"| {'decoder (causal)' if causal else 'encoder'} | {times['full']:.3f} | {times['band']:.3f} | "
-              f"{times['masked']:.3f} | {times['full'] / times['band']:.1f}x | {memory['full']:.0f} | "
-              f"{memory['band']:.0f} |", flush=True)
+    print("|---|---|---|---|---|---|---|---|")
+    for causal, core, times in layer_times(args):
+        memory = {kind: layer_memory(kind, causal, args) for kind in ("full", "band")} if not core else None
+        memory_cells = f"{memory['full']:.0f} | {memory['band']:.0f}" if memory else "- | -"
+        print(f"| {'decoder (causal)' if causal else 'encoder'} | {'core' if core else 'layer'} | "
+              f"{times['full']:.3f} | {times['band']:.3f} | {times['masked']:.3f} | "
+              f"{times['full'] / times['band']:.1f}x | {memory_cells} |", flush=True)
 
 
 

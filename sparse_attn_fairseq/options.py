@@ -17,7 +17,17 @@ default rela, plus (Zhang, Titov, Sennrich, EMNLP 2021, section 3.2; layers/rela
                             sigmoid(w * o), default) or "init" (ReLA-i, no gate, small random gain)
     --rela-norm-per-head    normalise each head's slice separately instead of all heads together (default off)
 
-Which normalizers a model offers and its default is its :class:`AttentionMethod` (ENTMAX or RELA).
+Which normalizers a model offers and its default is its :class:`AttentionMethod` (ENTMAX, RELA or SPAN).
+
+Adaptive span models (Sukhbaatar et al., ACL 2019) add, for encoder and decoder self-attention:
+
+    --adaptive-span-max     S, the largest span in tokens (default 1024; the _small LM preset: 8192)
+    --adaptive-span-ramp    R, the soft ramp of the mask in tokens (default 32)
+    --adaptive-span-init    initial z' = span / S, in [0, 1] (default 0, as in the paper)
+    --adaptive-span-loss    span penalty coefficient per layer, per token (default 2e-6, as in the paper; 0: none)
+    --adaptive-span-dynamic predict the span per token, z_t = S sigmoid(v . x_t + b) (default off)
+
+and their normalizers default to softmax.
 
 Values are checked once, at model construction (before training starts): every problem is collected and reported
 together, each naming its flag and bad value (:class:`AttentionOptionsError`, a ValueError).
@@ -59,6 +69,7 @@ class AttentionMethod:
 
 ENTMAX = AttentionMethod(ENTMAX_NORMALIZERS, DEFAULT_NORMALIZER)
 RELA = AttentionMethod(RELA_NORMALIZERS, "rela")
+SPAN = AttentionMethod(ENTMAX_NORMALIZERS, "softmax")  # adaptive span composes with any of them
 
 
 @dataclass
@@ -110,11 +121,35 @@ class RelaNormConfig(FairseqDataclass):
 
 
 @dataclass
+class AdaptiveSpanConfig(FairseqDataclass):
+    """Adaptive span flags (translation and language models)."""
+
+    adaptive_span_max: int = field(default=1024, metadata={"help": "largest attention span S in tokens"})
+    adaptive_span_ramp: int = field(default=32, metadata={"help": "length R of the soft span mask's ramp in tokens"})
+    adaptive_span_init: float = field(default=0.0, metadata={"help": "initial span as a fraction of S, in [0, 1]"})
+    adaptive_span_loss: float = field(
+        default=2e-6, metadata={"help": "span penalty: coefficient * S * mean(z') per layer, per token (0: none)"}
+    )
+    adaptive_span_dynamic: bool = field(
+        default=False, metadata={"help": "one span per query token, S * sigmoid(v . x + b), instead of per head"}
+    )
+
+
+@dataclass
 class RelaLMAttentionConfig(RelaNormConfig):
     """Flags of the ReLA language model: decoder self-attention only."""
 
     decoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
         default="rela", metadata={"help": "normalizer of the decoder self-attention"}
+    )
+
+
+@dataclass
+class SpanLMAttentionConfig(EntmaxLMAttentionConfig, AdaptiveSpanConfig):
+    """Language model with adaptive span: softmax by default."""
+
+    decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default="softmax", metadata={"help": "normalizer of the decoder self-attention"}
     )
 
 
@@ -127,6 +162,21 @@ class RelaAttentionConfig(RelaLMAttentionConfig):
     )
     encoder_decoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
         default="rela", metadata={"help": "normalizer of the encoder-decoder attention"}
+    )
+
+
+@dataclass
+class SpanAttentionConfig(EntmaxAttentionConfig, AdaptiveSpanConfig):
+    """Translation model with adaptive span: softmax by default in all three attention types."""
+
+    decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default="softmax", metadata={"help": "normalizer of the decoder self-attention"}
+    )
+    encoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default="softmax", metadata={"help": "normalizer of the encoder self-attention"}
+    )
+    encoder_decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
+        default="softmax", metadata={"help": "normalizer of the encoder-decoder attention"}
     )
 
 
@@ -151,12 +201,25 @@ class NormalizerSpec:
 
 
 @dataclass(frozen=True)
+class SpanOptions:
+    """Validated adaptive span settings (see :class:`AdaptiveSpanConfig`); keyword arguments of AdaptiveSpan."""
+
+    max_span: int
+    ramp: int
+    init_span: float
+    loss_coefficient: float
+    dynamic: bool
+
+
+@dataclass(frozen=True)
 class AttentionOptions:
-    """Validated normalizer per attention type (None where the model has no such attention)."""
+    """Validated normalizer per attention type (None where the model has no such attention), and the adaptive span
+    of the self-attentions (None: no span)."""
 
     encoder: NormalizerSpec | None
     decoder: NormalizerSpec | None
     encoder_decoder: NormalizerSpec | None
+    span: SpanOptions | None = None
 
     def spec(self, attention_type: str) -> NormalizerSpec:
         spec = getattr(self, attention_type)
@@ -220,9 +283,26 @@ def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float],
     return NormalizerSpec(name)
 
 
+def _read_span_options(args: Any, problems: list[str]) -> SpanOptions:
+    defaults = AdaptiveSpanConfig()
+    values = {name: getattr(args, name, getattr(defaults, name)) for name in AdaptiveSpanConfig.__dataclass_fields__}
+    checks = [
+        ("adaptive_span_max", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+        ("adaptive_span_ramp", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+        ("adaptive_span_init", lambda v: isinstance(v, (int, float)) and 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+        ("adaptive_span_loss", lambda v: isinstance(v, (int, float)) and v >= 0.0, "must be >= 0"),
+    ]
+    for name, ok, rule in checks:
+        if not ok(values[name]):
+            problems.append(f"{_flag(name)}={values[name]!r}: {rule}")
+    return SpanOptions(values["adaptive_span_max"], values["adaptive_span_ramp"], values["adaptive_span_init"],
+                       values["adaptive_span_loss"], bool(values["adaptive_span_dynamic"]))
+
+
 def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTION_TYPES,
-                           method: AttentionMethod = ENTMAX) -> AttentionOptions:
-    """Read and validate the flags of ``attention_types`` from fairseq args (a Namespace or a DictConfig).
+                           method: AttentionMethod = ENTMAX, span: bool = False) -> AttentionOptions:
+    """Read and validate the flags of ``attention_types`` (and the adaptive span flags if ``span``) from fairseq args
+    (a Namespace or a DictConfig).
 
     ``method`` gives the normalizers the model offers and their default. Missing flags (older checkpoints) take
     their defaults.
@@ -241,6 +321,7 @@ def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTI
             problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(method.normalizers)}")
             continue
         specs[attention_type] = _spec(name, alpha_settings, rela_norm)
+    span_options = _read_span_options(args, problems) if span else None
     if problems:
         raise AttentionOptionsError("invalid attention options: " + "; ".join(problems))
-    return AttentionOptions(**specs)
+    return AttentionOptions(**specs, span=span_options)

@@ -62,3 +62,10 @@ def fill_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask.numel() < x.numel():
         return x + torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(mask, float("-inf"))
     return x.masked_fill(mask, float("-inf"))
+def split_attn_mask(attn_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fairseq's attn_mask (bool, or float with -inf / large negative entries) -> (bool mask, additive part or None)."""
+    if not attn_mask.dtype.is_floating_point:
+        return attn_mask.to(torch.bool), None
+    mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # -inf included
+    additive = attn_mask.masked_fill(mask, 0.0)
+    return mask, (additive if bool(additive.any()) else None)

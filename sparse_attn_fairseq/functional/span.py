@@ -54,13 +54,32 @@ def span_soft_mask(
     Raises:
         ValueError: ramp <= 0 or a span of another rank.
     """
+    dist = span_distances(tgt_len, src_len, causal, query_offset, key_offset, span.device)
+    return span_mask_at(span, ramp, dist, causal)
+
+
+def span_mask_at(span: torch.Tensor, ramp: float, dist: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """m(x) = clamp((R + z - x) / R, 0, 1) at given distances x; future keys (causal, x < 0) get 0.
+
+    The general form of :func:`span_soft_mask`: ``dist`` may be any (tgt_len, width) table, e.g. the distances of a
+    banded computation (functional/banded.py), where each query row sees its own window of keys.
+
+    Args:
+        span: z in tokens, (num_heads,) static, or one per query, (..., tgt_len) (dynamic: (bsz, num_heads, tgt_len)).
+        ramp: R > 0.
+        dist: (tgt_len, width) query-key distances, as :func:`span_distances` returns them.
+        causal: zero the mask where dist < 0.
+
+    Returns:
+        (num_heads, tgt_len, width) static, or (..., tgt_len, width), in the span's dtype.
+    """
     if ramp <= 0:
         raise ValueError(f"ramp must be > 0, got ramp={ramp!r}")
-    if span.ndim not in (1, 3):
+    if span.ndim not in (1, 3, 4):
         raise ValueError(f"span must be (num_heads,) or (bsz, num_heads, tgt_len), got shape {tuple(span.shape)}")
-    dist = span_distances(tgt_len, src_len, causal, query_offset, key_offset, span.device).to(span.dtype)
-    span = span[:, None, None] if span.ndim == 1 else span[..., None]  # (H, 1, 1) or (B, H, T, 1)
-    mask = ((ramp + span - dist) / ramp).clamp(0.0, 1.0)  # (H, T, S) or (B, H, T, S)
+    dist = dist.to(span.dtype)
+    span = span[:, None, None] if span.ndim == 1 else span[..., None]  # (H, 1, 1) or (..., T, 1)
+    mask = ((ramp + span - dist) / ramp).clamp(0.0, 1.0)  # (H, T, W) or (..., T, W)
     return mask.masked_fill(dist < 0, 0.0) if causal else mask
 
 

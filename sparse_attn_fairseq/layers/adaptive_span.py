@@ -3,7 +3,13 @@
 Static: one learned z' in [0, 1] per head, span z = max_span * z'. Dynamic: z_t = max_span * sigmoid(v . x_t + b) per
 query token and head (b initialised to -4). The soft mask m(x) = clamp((R + z - x) / R, 0, 1) multiplies the weights
 after the normalizer; the row is then renormalised (ReLA skips that). ``clamp_()`` keeps z' in [0, 1] and must be
-called after each optimizer step: the forward never mutates parameters.
+called after each optimizer step: the forward never mutates parameters (it reads z' clamped, without writing it).
+
+Span penalty (section 3.1: coefficient * S * mean(z') per layer, added to the per-token loss in training only): rather
+than adding a term to a loss that each criterion normalises its own way, :meth:`AdaptiveSpan.attach_penalty` adds
+the penalty's gradient, coefficient * sample_size * d mean(z) / dz, to the spans during backward. The trainer later
+divides every gradient by the batch's total sample size, leaving exactly coefficient * d mean(z) / dz per layer,
+whatever the batch size, the number of workers or the gradient accumulation.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_attn_fairseq.functional.span import keys_needed, renormalize, span_soft_mask
+from sparse_attn_fairseq.functional.span import keys_needed, renormalize, span_mask_at, span_soft_mask
 
 
 class AdaptiveSpan(nn.Module):
@@ -24,17 +30,19 @@ class AdaptiveSpan(nn.Module):
         init_span: initial z' in [0, 1] for static spans (paper: 0; half the span works as well).
         dynamic: predict the span from the query features instead of learning one per head.
         embed_dim: size of the query features; required if and only if ``dynamic``.
+        loss_coefficient: weight of the span penalty per layer (paper: 2e-6; 5e-7 for S = 8192); 0 disables it.
 
     Raises:
         ValueError: listing every invalid argument.
     """
 
     def __init__(self, num_heads: int, max_span: int, ramp: int = 32, init_span: float = 0.0, dynamic: bool = False,
-                 embed_dim: int | None = None):
+                 embed_dim: int | None = None, loss_coefficient: float = 0.0):
         super().__init__()
-        _raise_problems(_span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim))
+        _raise_problems(_span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim, loss_coefficient))
         self.num_heads, self.max_span, self.ramp, self.dynamic = num_heads, max_span, ramp, dynamic
-        self.init_span = float(init_span)
+        self.init_span, self.loss_coefficient = float(init_span), float(loss_coefficient)
+        self.sample_size = 0.0  # this batch's criterion normaliser, set by the model (see attach_penalty)
         if dynamic:
             self.span_proj = nn.Linear(embed_dim, num_heads)  # v and b of z_t = S sigmoid(v . x_t + b), per head
         else:
@@ -54,7 +62,7 @@ class AdaptiveSpan(nn.Module):
         if not self.dynamic:
             if query_features is not None:
                 raise ValueError("query_features are only used by a dynamic span")
-            return self.max_span * self.span_frac
+            return self.max_span * self.span_frac.clamp(0.0, 1.0)  # clamped read: z' may sit outside until clamp_()
         if query_features is None:
             raise ValueError("a dynamic span needs query_features (tgt_len, bsz, embed_dim)")
         logits = self.span_proj(query_features)  # (tgt_len, bsz, num_heads)
@@ -74,8 +82,32 @@ class AdaptiveSpan(nn.Module):
         """weights (bsz, num_heads, tgt_len, src_len) * m, then divided by the row sum + 1e-8 if ``renorm``."""
         tgt_len, src_len = weights.shape[-2:]
         mask = self.soft_mask(tgt_len, src_len, causal, query_offset, key_offset, spans)  # (.., H, T, S)
-        out = (weights * mask).to(weights.dtype)  # (bsz, num_heads, tgt_len, src_len)
+        return self.apply_mask(weights, mask, renorm)  # (bsz, num_heads, tgt_len, src_len)
+
+    def mask_at(self, dist: torch.Tensor, causal: bool, spans: torch.Tensor | None = None) -> torch.Tensor:
+        """m at a (tgt_len, width) table of distances (full or banded): (num_heads, ..) or (bsz, num_heads, ..)."""
+        spans = self.spans() if spans is None else spans
+        return span_mask_at(spans, self.ramp, dist, causal)
+
+    @staticmethod
+    def apply_mask(weights: torch.Tensor, mask: torch.Tensor, renorm: bool = True) -> torch.Tensor:
+        """weights * m, divided by the row sum + 1e-8 if ``renorm``; weights (bsz, H, T, W), m broadcastable."""
+        out = (weights * mask).to(weights.dtype)
         return renormalize(out) if renorm else out
+
+    def attach_penalty(self, spans: torch.Tensor, sample_size: float | None = None) -> None:
+        """During backward, add coefficient * sample_size * d mean(spans) / d spans to the gradient of ``spans``.
+
+        ``spans`` are the ones this forward used (:meth:`spans`); ``sample_size`` is this batch's share of the
+        criterion's normaliser (target tokens, or sentences with --sentence-avg). After fairseq divides the summed
+        gradients by the total sample size, z' receives coefficient * S / num_heads per layer, the gradient of
+        coefficient * S * mean(z'). Nothing is attached outside autograd or with a zero coefficient.
+        ``sample_size`` defaults to :attr:`sample_size`, which the model sets before each training forward.
+        """
+        sample_size = self.sample_size if sample_size is None else sample_size
+        if self.loss_coefficient > 0 and spans.requires_grad and torch.is_grad_enabled():
+            extra = self.loss_coefficient * float(sample_size) / spans.numel()  # d mean(z) / dz_i = 1 / numel
+            spans.register_hook(lambda grad: grad + extra)
 
     def span_loss(self, spans: torch.Tensor | None = None) -> torch.Tensor:
         """S * mean(z') (static), or the mean dynamic span in tokens (pass the spans used in the forward)."""
@@ -96,6 +128,10 @@ class AdaptiveSpan(nn.Module):
         """Spans in tokens, detached, for logging: (num_heads,) or, dynamic, (bsz, num_heads, tgt_len)."""
         return self.spans(query_features).clamp(0, self.max_span).detach()
 
+    def cache_keys(self, length: int) -> int:
+        """Keys an incremental cache must keep: the static spans' window, or the largest possible one if dynamic."""
+        return keys_needed(self.max_span, self.ramp, length) if self.dynamic else self.keys_needed(length)
+
     def keys_needed(self, length: int, spans: torch.Tensor | None = None) -> int:
         """Most recent keys (per side) with a nonzero mask: ceil(largest span + ramp), capped at ``length``."""
         spans = self.current_spans() if spans is None else spans.detach()
@@ -103,10 +139,11 @@ class AdaptiveSpan(nn.Module):
         return keys_needed(min(largest, self.max_span), self.ramp, length)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}"
+        return (f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}, "
+                f"loss_coefficient={self.loss_coefficient}")
 
 
-def _span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim) -> list[str]:
+def _span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim, loss_coefficient) -> list[str]:
     checks = [
         (isinstance(num_heads, int) and num_heads >= 1, f"num_heads={num_heads!r} must be a positive int"),
         (max_span > 0, f"max_span={max_span!r} must be > 0"),
@@ -114,6 +151,7 @@ def _span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim) -> 
         (0.0 <= init_span <= 1.0, f"init_span={init_span!r} must lie in [0, 1] (a fraction of max_span)"),
         (not dynamic or (embed_dim or 0) > 0, "dynamic=True needs embed_dim > 0"),
         (dynamic or embed_dim is None, f"embed_dim={embed_dim!r} is only used with dynamic=True"),
+        (loss_coefficient >= 0, f"loss_coefficient={loss_coefficient!r} must be >= 0"),
     ]
     return [message for ok, message in checks if not ok]
 

@@ -58,7 +58,12 @@ def _raise_problems(name: str, problems: list[str]) -> None:
 
 
 class _Normalizer(nn.Module):
-    """Shared shape check; subclasses implement ``normalize``."""
+    """Shared shape check; subclasses implement ``normalize``.
+
+    ``sums_to_one``: rows of the output are distributions, so an adaptive span renormalises them after its mask.
+    """
+
+    sums_to_one = True
 
     def __init__(self, num_heads: int):
         super().__init__()
@@ -176,6 +181,7 @@ class RelaNormalizer(_Normalizer):
     """ReLA weights relu(scores), masked entries zeroed before the relu (Zhang et al., EMNLP 2021); unnormalised."""
 
     allows_null_rows = True  # a row may be all zero ("null attention"); logged as null_<key>
+    sums_to_one = False
 
     def normalize(self, scores, mask):
         return rela_weights(scores, mask)

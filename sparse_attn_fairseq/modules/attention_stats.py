@@ -3,11 +3,14 @@
 Per attention type (key "enc", "dec" or "encdec"), each full forward of each layer logs:
 
 * ``alpha_<key>``: mean alpha over heads (only for normalizers with an ``alpha()`` method), averaged over layers;
-* ``zeros_<key>``: fraction of exact zeros among the unmasked attention weights, pooled over layers and batches;
 * ``null_<key>``: fraction of query rows whose weights are all zero ("null attention", Zhang et al., EMNLP 2021),
   pooled over layers, heads and batches; only for normalizers that declare ``allows_null_rows`` (ReLA).
+* ``zeros_<key>``: fraction of exact zeros among the unmasked attention weights, pooled over layers and batches
+  (with an adaptive span, keys outside the span count as masked);
+* ``span_<key>``: with an adaptive span, the mean span in tokens over heads (and tokens, if dynamic), averaged over
+  layers, and ``span_<key>_<layer>`` per layer (Sukhbaatar et al., ACL 2019).
 
-Both go through ``fairseq.logging.metrics``, so they appear in the train, train_inner and valid lines and in
+All go through ``fairseq.logging.metrics``, so they appear in the train, train_inner and valid lines and in
 tensorboard when enabled. Each rank logs its own batches (not all-reduced); rank 0 prints.
 """
 
@@ -47,3 +50,12 @@ def log_attention_stats(key: str, weights: Tensor, mask: Optional[Tensor], norma
     alpha = getattr(normalizer, "alpha", None)
     if callable(alpha):
         metrics.log_scalar(f"alpha_{key}", float(alpha().mean()), priority=250, round=3)
+
+
+@torch.no_grad()
+def log_span_stats(key: str, layer_index: Optional[int], spans: Tensor) -> None:
+    """Log ``span_<key>`` (mean over layers) and ``span_<key>_<layer>`` from spans in tokens (any shape)."""
+    mean = float(spans.detach().float().mean())
+    metrics.log_scalar(f"span_{key}", mean, priority=250, round=1)
+    if layer_index is not None:
+        metrics.log_scalar(f"span_{key}_{layer_index}", mean, priority=260, round=1)

@@ -8,6 +8,12 @@ normalizer is the one chosen from the registry. The forward reads as named steps
 
     project -> cache -> scores -> mask -> normalize -> span -> dropout -> mix values -> output norm -> out_proj
 
+With an adaptive span (Sukhbaatar et al., ACL 2019) keys whose span mask m is 0 are masked for the normalizer, the
+weights are multiplied by m and renormalised. For softmax (and ReLA) this equals the paper's "mask after the
+softmax" exactly; for entmax it defines entmax over the keys within the span. Either way keys outside the layer's
+largest span + ramp never matter, so self-attention is computed on a band of keys (functional/banded.py) and the
+incremental cache keeps only that many keys: cost and generation memory grow with the span, not the length.
+
 Cached keys and values have fairseq's layout (kv_bsz, num_heads, src_len, head_dim).
 """
 
@@ -23,8 +29,12 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
-from sparse_attn_fairseq.functional.masking import masked_score_threshold
-from sparse_attn_fairseq.modules.attention_stats import log_attention_stats
+from sparse_attn_fairseq.functional.banded import (
+    Band, band_gather_keys, band_gather_rows, band_mix, band_scores, make_band, unband,
+)
+from sparse_attn_fairseq.functional.masking import split_attn_mask
+from sparse_attn_fairseq.functional.span import span_distances
+from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -44,7 +54,9 @@ class SparseMultiheadAttention(nn.Module):
         self_attention, encoder_decoder_attention: fairseq's two modes (at most one is True).
         output_norm: optional module on the concatenated head outputs (tgt_len, bsz, embed_dim), before out_proj
             (ReLA's RMSNorm).
-        span: optional adaptive span (``layers.adaptive_span.AdaptiveSpan``) applied to the weights.
+        span: optional adaptive span (``layers.adaptive_span.AdaptiveSpan``), self-attention only: keys outside it
+            are masked for the normalizer, weights are multiplied by its soft mask, full passes run on a band of keys
+            and the incremental cache is trimmed to it.
         causal: positions of a span are causal (decoder self-attention) rather than symmetric.
         renormalize_span: divide span-masked rows by their sum (off for unnormalised ReLA weights).
         q_noise, qn_block_size: fairseq's quant-noise on the projections.
@@ -98,6 +110,8 @@ class SparseMultiheadAttention(nn.Module):
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.beam_size = 1
         self.stats_key = stats_key
+        self.layer_index: Optional[int] = None  # set by the encoder/decoder: per-layer span log keys
+        self.span_banding = True  # False forces the full computation (tests and benchmarks compare the two)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -135,19 +149,91 @@ class SparseMultiheadAttention(nn.Module):
         q, k, v, key_padding_mask = self._project(query, key, value, key_padding_mask)
         if saved_state is not None:
             k, v, key_padding_mask = self._update_cache(incremental_state, saved_state, k, v, key_padding_mask, static_kv)
+        if before_softmax:
+            return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
+                                               v)
+        spans = self._spans(query)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
+        band = self._band(spans, tgt_len, k.size(2), incremental_state)
+        if band is None:
+            weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans)  # (bsz, H, tgt, src)
+        else:
+            weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, nb, block, W)
+        if self.stats_key is not None and incremental_state is None:
+            self._log_stats(weights, mask, spans)
+        probs = self.dropout_module(weights)
+        attn = self._mix_values(probs, v) if band is None else band_mix(probs, v, band).permute(2, 0, 1, 3).flatten(2)
+        if self.output_norm is not None:  # attn: (tgt_len, bsz, embed_dim)
+            attn = self.output_norm(attn)
+        if band is not None and (need_weights or need_head_weights):
+            weights = unband(weights, band)  # (bsz, H, tgt_len, src_len)
+        return self.out_proj(attn), self._returned_weights(weights, need_weights or need_head_weights, need_head_weights)
+
+    # ----- adaptive span: spans, band choice, full and banded weights -----
+
+    def _spans(self, query: Tensor) -> Optional[Tensor]:
+        """This forward's spans; in training the span penalty's gradient is attached to them (layers/adaptive_span)."""
+        if self.span is None:
+            return None
+        spans = self.span.spans(query if self.span.dynamic else None)  # (H,) or (bsz, H, tgt_len)
+        if self.training:
+            self.span.attach_penalty(spans)
+        return spans
+
+    def _band(self, spans: Optional[Tensor], tgt_len: int, src_len: int, incremental_state) -> Optional[Band]:
+        """The band of keys a full self-attention pass needs, or None where the full computation is used."""
+        if spans is None or not self.span_banding or incremental_state is not None or tgt_len != src_len:
+            return None
+        band = make_band(src_len, self.span.keys_needed(src_len, spans), self.causal)
+        return band if band.width < src_len else None  # no saving: the plain path is simpler and as fast
+
+    def _full_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
+                      spans: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask the normalizer saw."""
         scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
         scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
-        if before_softmax:
-            return self._before_softmax_output(scores, mask, v)
-        weights = self.normalizer(scores, mask)  # (bsz, num_heads, tgt_len, src_len)
-        if self.span is not None:
-            weights = self.span(weights, self.causal, query_offset=k.size(2) - tgt_len, renorm=self.renormalize_span)
-        if self.stats_key is not None and incremental_state is None:
-            log_attention_stats(self.stats_key, weights, mask, self.normalizer)
-        attn = self._mix_values(self.dropout_module(weights), v)  # (tgt_len, bsz, embed_dim)
-        if self.output_norm is not None:
-            attn = self.output_norm(attn)
-        return self.out_proj(attn), self._returned_weights(weights, need_weights or need_head_weights, need_head_weights)
+        if spans is None:
+            return self.normalizer(scores, mask), mask
+        tgt_len, src_len = scores.shape[-2:]
+        # queries are the last tgt_len keys (self-attention; incremental: the cache ends at the current step)
+        dist = span_distances(tgt_len, src_len, self.causal, query_offset=src_len - tgt_len, device=scores.device)
+        return self._normalize_with_span(scores, mask, dist, spans)
+
+    def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
+                      spans: Tensor, band: Band) -> Tuple[Tensor, Tensor]:
+        """Weights (bsz, H, num_blocks, block, width) on the band; :meth:`_full_weights` restricted to it."""
+        scores = band_scores(q, k, band)  # (bsz, num_heads, num_blocks, block, width)
+        mask = band.outside(scores.device)  # (num_blocks, block, width)
+        if attn_mask is not None:  # read on the band only
+            fill = float("-inf") if attn_mask.dtype.is_floating_point else True
+            masked, additive = split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
+            mask = mask | masked.view_as(mask)
+            if additive is not None:
+                scores = scores + additive.view_as(mask).to(scores.dtype)
+        if key_padding_mask is not None:
+            padding = band_gather_keys(key_padding_mask.to(torch.bool), band, True)  # (bsz, padded_len, width)
+            mask = mask | padding.view(-1, 1, *mask.shape)  # (bsz, 1, num_blocks, block, width)
+        if spans.ndim == 3:  # dynamic (bsz, H, tgt_len) -> (bsz, H, num_blocks, block), zero for padded rows
+            spans = nn.functional.pad(spans, (0, band.padded_len - band.length)).unflatten(-1, mask.shape[-3:-1])
+        # the distances repeat in every block: a static mask is (H, block, width), broadcast over the blocks
+        soft = self.span.mask_at(band.distances(self.causal, scores.device), self.causal, spans)
+        soft = soft.unsqueeze(-3) if spans.ndim == 1 else soft  # (H, 1, block, W) or (bsz, H, nb, block, W)
+        mask = mask | (soft == 0)  # (.., H, num_blocks, block, width)
+        flat = self.normalizer(scores.flatten(2, 3), mask.flatten(-3, -2))  # (bsz, H, padded_len, width)
+        weights = self.span.apply_mask(flat.unflatten(2, mask.shape[-3:-1]), soft, self.renormalize_span)
+        return weights, mask
+
+    def _normalize_with_span(self, scores: Tensor, mask: Optional[Tensor], dist: Tensor,
+                             spans: Tensor) -> Tuple[Tensor, Tensor]:
+        """Normalise over the keys with a nonzero span mask m, then weights * m (renormalised unless ReLA)."""
+        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
+        mask = soft == 0 if mask is None else mask | (soft == 0)  # broadcast to (bsz, H, T, S)
+        weights = self.normalizer(scores, mask)  # (bsz, num_heads, T, S)
+        return self.span.apply_mask(weights, soft, self.renormalize_span), mask
+
+    def _log_stats(self, weights: Tensor, mask: Optional[Tensor], spans: Optional[Tensor]) -> None:
+        log_attention_stats(self.stats_key, weights, mask, self.normalizer)
+        if spans is not None:
+            log_span_stats(self.stats_key, self.layer_index, spans)
 
     def _project(
         self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor], key_padding_mask: Optional[Tensor]
@@ -186,7 +272,9 @@ class SparseMultiheadAttention(nn.Module):
         key_padding_mask: Optional[Tensor],
         static_kv: bool,
     ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """Prepend cached keys/values (or reuse them if static) and store the result; shapes as in :meth:`_project`."""
+        """Prepend cached keys/values (or reuse them if static) and store the result; shapes as in :meth:`_project`.
+
+        With an adaptive span only the keys the next queries can reach are stored (``AdaptiveSpan.cache_keys``)."""
         prev_key, prev_value = saved_state.get("prev_key"), saved_state.get("prev_value")
         if prev_key is not None and prev_value is not None:
             if static_kv:
@@ -203,8 +291,10 @@ class SparseMultiheadAttention(nn.Module):
             src_len=k.size(2),
             static_kv=static_kv,
         )  # (kv_bsz, src_len) or None
-        saved_state["prev_key"], saved_state["prev_value"] = k, v
-        saved_state["prev_key_padding_mask"] = key_padding_mask
+        keep = k.size(2) if self.span is None or static_kv else self.span.cache_keys(k.size(2))
+        # only the last ``keep`` keys can have a nonzero span mask for the coming queries: the cache stays bounded
+        saved_state["prev_key"], saved_state["prev_value"] = k[:, :, -keep:], v[:, :, -keep:]
+        saved_state["prev_key_padding_mask"] = None if key_padding_mask is None else key_padding_mask[:, -keep:]
         self._set_input_buffer(incremental_state, saved_state)
         return k, v, key_padding_mask
 
@@ -232,13 +322,9 @@ class SparseMultiheadAttention(nn.Module):
         (finite, non-masking) part of a float ``attn_mask``."""
         mask = None
         if attn_mask is not None:
-            if attn_mask.dtype.is_floating_point:
-                mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # (tgt_len, src_len), -inf included
-                additive = attn_mask.masked_fill(mask, 0.0)
-                if bool(additive.any()):
-                    scores = scores + additive.to(scores.dtype)
-            else:
-                mask = attn_mask.to(torch.bool)  # (tgt_len, src_len)
+            mask, additive = split_attn_mask(attn_mask)  # (tgt_len, src_len)
+            if additive is not None:
+                scores = scores + additive.to(scores.dtype)
         if key_padding_mask is not None:
             padding = key_padding_mask.to(torch.bool)  # (kv_bsz, src_len)
             bsz = scores.size(0)

@@ -8,27 +8,47 @@ fairseq's activation checkpointing and FSDP wrapping, which a layer-builder over
 
 from __future__ import annotations
 
+from typing import Optional
+
 from fairseq.distributed import fsdp_wrap
 from fairseq.models.transformer import TransformerDecoderBase, TransformerEncoderBase
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import nn
 
+from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
 from sparse_attn_fairseq.layers.normalizers import build_normalizer
 from sparse_attn_fairseq.layers.rela_norm import RelaOutputNorm
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
-from sparse_attn_fairseq.options import AttentionOptions, NormalizerSpec
+from sparse_attn_fairseq.options import AttentionOptions, NormalizerSpec, SpanOptions
 
 # Log keys of the three attention types (see modules/attention_stats.py).
 STATS_KEYS = {"encoder": "enc", "decoder": "dec", "encoder_decoder": "encdec"}
 
 
-def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec, **kwargs) -> SparseMultiheadAttention:
-    """The attention module for one attention type; ``kwargs`` are SparseMultiheadAttention's own arguments."""
+def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec, span: Optional[SpanOptions] = None,
+                           **kwargs) -> SparseMultiheadAttention:
+    """The attention module for one attention type; ``kwargs`` are SparseMultiheadAttention's own arguments.
+
+    The spec's output norm (ReLA) goes before out_proj. With ``span`` (self-attention only) it gets an AdaptiveSpan;
+    rows are renormalised after the span mask unless the normalizer's rows do not sum to one (ReLA).
+    """
+    normalizer = build_normalizer(spec.name, num_heads, **spec.kwargs())
     norm_kwargs = spec.output_norm_kwargs()
-    output_norm = None if norm_kwargs is None else RelaOutputNorm(embed_dim, num_heads, **norm_kwargs)
-    return SparseMultiheadAttention(embed_dim, num_heads, build_normalizer(spec.name, num_heads, **spec.kwargs()),
-                                    output_norm=output_norm, **kwargs)
+    if norm_kwargs is not None:
+        kwargs.update(output_norm=RelaOutputNorm(embed_dim, num_heads, **norm_kwargs))
+    if span is not None:
+        kwargs.update(span=AdaptiveSpan(num_heads, span.max_span, span.ramp, span.init_span, span.dynamic,
+                                        embed_dim if span.dynamic else None, span.loss_coefficient),
+                      renormalize_span=normalizer.sums_to_one)
+    return SparseMultiheadAttention(embed_dim, num_heads, normalizer, **kwargs)
+
+
+def number_span_layers(module: nn.Module) -> None:
+    """Give each span self-attention of an encoder or decoder its layer index (per-layer span log keys)."""
+    attentions = [m for m in module.modules() if isinstance(m, SparseMultiheadAttention) and m.span is not None]
+    for index, attention in enumerate(attentions):
+        attention.layer_index = index
 
 
 def _refuse_unsupported(xformers_att_config, add_bias_kv: bool = False, add_zero_attn: bool = False) -> None:
@@ -51,8 +71,8 @@ class SparseTransformerEncoderLayer(TransformerEncoderLayerBase):
         _refuse_unsupported(cfg.encoder.xformers_att_config)
         return build_sparse_attention(
             embed_dim, cfg.encoder.attention_heads, self.attention_options.spec("encoder"),
-            dropout=cfg.attention_dropout, self_attention=True, q_noise=self.quant_noise,
-            qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["encoder"],
+            span=self.attention_options.span, dropout=cfg.attention_dropout, self_attention=True,
+            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["encoder"],
         )
 
 
@@ -67,7 +87,8 @@ class SparseTransformerDecoderLayer(TransformerDecoderLayerBase):
         _refuse_unsupported(cfg.decoder.xformers_att_config, add_bias_kv, add_zero_attn)
         return build_sparse_attention(
             embed_dim, cfg.decoder.attention_heads, self.attention_options.spec("decoder"),
-            dropout=cfg.attention_dropout, self_attention=not cfg.cross_self_attention, causal=True,
+            span=self.attention_options.span, dropout=cfg.attention_dropout,
+            self_attention=not cfg.cross_self_attention, causal=True,
             q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["decoder"],
         )
 
@@ -95,6 +116,7 @@ class SparseTransformerEncoder(TransformerEncoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, attention_options: AttentionOptions, return_fc: bool = False):
         self.attention_options = attention_options  # read by build_encoder_layer inside super().__init__
         super().__init__(cfg, dictionary, embed_tokens, return_fc=return_fc)
+        number_span_layers(self)
 
     def build_encoder_layer(self, cfg):
         return wrap_layer(SparseTransformerEncoderLayer(cfg, self.attention_options, return_fc=self.return_fc), cfg)
@@ -108,6 +130,7 @@ class SparseTransformerDecoder(TransformerDecoderBase):
         self.attention_options = attention_options  # read by build_decoder_layer inside super().__init__
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn,
                          output_projection=output_projection)
+        number_span_layers(self)
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return wrap_layer(SparseTransformerDecoderLayer(cfg, self.attention_options, no_encoder_attn), cfg)

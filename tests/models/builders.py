@@ -29,17 +29,29 @@ class TinyTask:
             self.source_dictionary.add_symbol(f"w{i}")
 
 
-def parse_args(arch: str, *flags: str):
+TINY_LM_FLAGS = [
+    "--task", "language_modeling", "--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim",
+    "64", "--decoder-attention-heads", "2", "--decoder-input-dim", "32", "--decoder-output-dim", "32", "--seed", "1",
+    "--cpu",
+]
+
+
+def parse_args(arch: str, *flags: str, base=TINY_MT_FLAGS):
     parser = options.get_training_parser()
-    return options.parse_args_and_arch(parser, ["unused-data", "--arch", arch, *TINY_MT_FLAGS, *flags])
+    return options.parse_args_and_arch(parser, ["unused-data", "--arch", arch, *base, *flags])
 
 
-def build(arch: str, *flags: str, task: TinyTask = None, seed: int = 0):
-    """(model, task) for ``arch`` with the tiny sizes, built by the model class registered for it."""
+def build(arch: str, *flags: str, task: TinyTask = None, seed: int = 0, base=TINY_MT_FLAGS):
+    """(model, task) for ``arch`` with the tiny sizes (``base``: TINY_MT_FLAGS or TINY_LM_FLAGS), built by the model
+    class registered for it."""
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     task = task or TinyTask()
-    args = parse_args(arch, *flags)
+    args = parse_args(arch, *flags, base=base)
+    if base is TINY_LM_FLAGS:  # a dataclass model: fairseq-train hands it cfg.model, defaults filled in
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        args = convert_namespace_to_omegaconf(args).model
     torch.manual_seed(seed)
     return ARCH_MODEL_REGISTRY[arch].build_model(args, task), task
 
@@ -68,50 +80,49 @@ def random_batch(task: TinyTask, bsz: int = 3, src_len: int = 7, tgt_len: int = 
     return src, lengths, prev
 
 
-def log_probs(model, net_output):
+def _log_probs(model, net_output):
     return model.get_normalized_probs(net_output, log_probs=True)
 
 
-def _incremental_log_probs(model, encoder_out, prev, reorder_at, new_order):
+def _stepwise_log_probs(model, encoder_out, prev, reorder_at, new_order):
     """Step-by-step decoding; at step ``reorder_at`` hypotheses are reordered (cache and token history)."""
-    state = {}
-    steps = []
+    state, steps = {}, []
     for t in range(prev.size(1)):
         if t == reorder_at:
             model.decoder.reorder_incremental_state_scripting(state, new_order)
             prev = prev.index_select(0, new_order)
         out = model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=state)
-        steps.append(log_probs(model, out)[:, -1])
-    return torch.stack(steps, dim=1), prev  # (bsz * beam, tgt_len, vocab)
+        steps.append(_log_probs(model, out)[:, -1])
+    return torch.stack(steps, dim=1), prev, state  # (bsz * beam, tgt_len, vocab)
 
 
-def incremental_vs_full(model, task, bsz=2, beam=3, tgt_len=6, reorder_at=3):
-    """(stepwise log-probs, max abs difference to full forwards) for beam decoding with a within-beam reorder."""
-    model.eval()
-    src, lengths, _ = random_batch(task, bsz=bsz)
+@torch.no_grad()
+def incremental_vs_full(model, task, bsz=2, beam=3, tgt_len=6, reorder_at=3, src_len=7):
+    """Max |log p| difference between beam-style incremental decoding (a reorder within each sentence's beams at
+    ``reorder_at``) and full forwards, and the final incremental state; the model must be in eval mode."""
+    src, lengths, _ = random_batch(task, bsz=bsz, src_len=src_len)
     _, _, prev = random_batch(task, bsz=bsz * beam, tgt_len=tgt_len, seed=1)  # a different prefix per hypothesis
-    # a permutation within each sentence's beams, as beam search makes
     new_order = torch.cat([torch.randperm(beam, generator=torch.Generator().manual_seed(i)) + i * beam
-                           for i in range(bsz)])
-    with torch.no_grad():
-        encoder_out = model.encoder(src, src_lengths=lengths)
-        encoder_out = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz).repeat_interleave(beam))
-        model.decoder.set_beam_size(beam)  # cross-attention keys shared by a sentence's beams
-        stepwise, reordered = _incremental_log_probs(model, encoder_out, prev, reorder_at, new_order)
-        model.decoder.set_beam_size(1)
-        full_before = log_probs(model, model.decoder(prev, encoder_out=encoder_out))
-        full_after = log_probs(model, model.decoder(reordered, encoder_out=encoder_out))
+                           for i in range(bsz)])  # a permutation within each sentence's beams, as beam search makes
+    encoder_out = model.encoder(src, src_lengths=lengths)
+    encoder_out = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz).repeat_interleave(beam))
+    model.decoder.set_beam_size(beam)  # cross-attention keys shared by a sentence's beams
+    stepwise, reordered, state = _stepwise_log_probs(model, encoder_out, prev, reorder_at, new_order)
+    model.decoder.set_beam_size(1)
+    full_before = _log_probs(model, model.decoder(prev, encoder_out=encoder_out))
+    full_after = _log_probs(model, model.decoder(reordered, encoder_out=encoder_out))
+    assert torch.isfinite(stepwise).all()
     diff_before = (stepwise[:, :reorder_at] - full_before[:, :reorder_at]).abs().max()
     diff_after = (stepwise[:, reorder_at:] - full_after[:, reorder_at:]).abs().max()
-    return stepwise, max(diff_before.item(), diff_after.item())
+    return max(diff_before.item(), diff_after.item()), state
 
 
-def train_vs_eval_after_loading(arch, tmp_path, *flags):
-    """Max abs difference of train-mode (dropout 0) and eval-mode outputs of a model loaded from a saved state."""
-    model, task = build(arch, *flags, *NO_DROPOUT)
+def train_equals_eval_after_loading(arch, tmp_path, *flags):
+    """Max output difference of a reloaded model (fairseq sets load_to_BT on load) in train vs eval mode."""
+    model, task = build(arch, *NO_DROPOUT, *flags)
     torch.save(model.state_dict(), tmp_path / "weights.pt")
-    loaded, _ = build(arch, *flags, *NO_DROPOUT, task=task, seed=5)
-    loaded.load_state_dict(torch.load(tmp_path / "weights.pt"))  # sets fairseq's load_to_BT on encoder layers
+    loaded, _ = build(arch, *NO_DROPOUT, *flags, task=task, seed=5)
+    loaded.load_state_dict(torch.load(tmp_path / "weights.pt"))
     src, lengths, prev = random_batch(task)
     loaded.eval()
     with torch.no_grad():

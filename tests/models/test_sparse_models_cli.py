@@ -6,23 +6,17 @@ method's own log keys and flag errors follow.
 
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.models.builders import TINY_MT_FLAGS, USER_DIR
-from tests.models.conftest import run_cli, train_entmax, train_model
+from tests.models.builders import USER_DIR
+from tests.models.conftest import (
+    GENERATION_LIMITS, num_updates as _num_updates, run_cli, torchrun_rank_states, train_and_eval_lm, train_entmax,
+    train_model,
+)
 
-GENERATION_LIMITS = ["--max-len-a", "1.2", "--max-len-b", "5"]
 MODEL_CLASSES = {"transformer_entmax": "TransformerEntmaxModel", "transformer_rela": "TransformerRelaModel"}
-
-
-def _num_updates(checkpoint):
-    from fairseq import checkpoint_utils
-
-    return checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint))["optimizer_history"][-1]["num_updates"]
 
 
 def _log_line(log, kind):
@@ -113,31 +107,13 @@ def test_rela_invalid_flag_values_name_the_flag(entmax_data, tmp_path):
 
 
 def test_two_process_cpu_training_keeps_ranks_identical(entmax_data, trained, tmp_path):
-    arch = trained[0]
-    script = Path(__file__).with_name("ddp_state_dump.py")
-    run_cli(Path(sys.executable).parent / "torchrun", "--nproc_per_node", "2", script, tmp_path, entmax_data,
-            "--user-dir", USER_DIR, "--arch", arch, *TINY_MT_FLAGS, "--max-update", "6",
-            "--save-dir", tmp_path, "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
-            "--disable-validation", env={"OMP_NUM_THREADS": "1"})
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = torchrun_rank_states(trained[0], entmax_data, tmp_path)
     assert ranks[0].keys() == ranks[1].keys()
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
-    assert _num_updates(tmp_path / "checkpoint_last.pt") == 6
 
 
 @pytest.mark.parametrize("arch, log_key", [("transformer_lm_entmax", "alpha_dec"), ("transformer_lm_rela", "null_dec")])
 def test_language_model_trains_and_evaluates(entmax_data, tmp_path, arch, log_key):
-    raw = entmax_data.parent / "raw"
-    lm_bin = tmp_path / "lm-bin"
-    run_cli("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.tgt", "--validpref", raw / "valid.tgt",
-            "--testpref", raw / "test.tgt", "--destdir", lm_bin, "--workers", "1")
-    log = run_cli("fairseq-train", lm_bin, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch",
-                  arch, "--decoder-layers", "1", "--decoder-embed-dim", "32",
-                  "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "2", "--sample-break-mode", "eos",
-                  "--tokens-per-sample", "64", "--max-tokens", "512", "--optimizer", "adam", "--lr", "3e-3",
-                  "--max-update", "10", "--save-dir", tmp_path / "ckpt", "--cpu", "--num-workers", "0",
-                  "--log-format", "simple", "--no-epoch-checkpoints", "--seed", "1")
-    assert re.search(rf"{log_key} [\d.]+", log.stdout + log.stderr)
-    result = run_cli("fairseq-eval-lm", lm_bin, "--user-dir", USER_DIR, "--path", tmp_path / "ckpt/checkpoint_last.pt",
-                     "--sample-break-mode", "eos", "--max-tokens", "512", "--cpu")
-    assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", result.stdout + result.stderr)
+    train_log, eval_log = train_and_eval_lm(arch, entmax_data, tmp_path)
+    assert re.search(rf"{log_key} [\d.]+", train_log)
+    assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", eval_log)

@@ -1,0 +1,126 @@
+"""transformer_adaptive_span in-process: incremental == full with a trimmed cache, train == eval, span penalty
+independent of the batch, clamps after updates, spans that shrink or stay under training."""
+
+import pytest
+import torch
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
+
+from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
+from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
+from sparse_attn_fairseq.options import AttentionOptionsError
+from tests.models.builders import (
+    NO_DROPOUT, TINY_LM_FLAGS, build, incremental_vs_full, normalizer_flags, random_batch, train_equals_eval_after_loading,
+)
+
+INCREMENTAL_LOGPROBS = 1e-4
+SAME = 1e-5
+SHORT_SPANS = ["--adaptive-span-max", "8", "--adaptive-span-ramp", "2", "--adaptive-span-init", "0.25"]
+
+
+def _spans(model):
+    return [m for m in model.modules() if isinstance(m, AdaptiveSpan)]
+
+
+def test_span_in_self_attentions_only_and_options_validated():
+    model, _ = build("transformer_adaptive_span")
+    attentions = [m for m in model.modules() if isinstance(m, SparseMultiheadAttention)]
+    assert [a.span is not None for a in attentions] == [True, True, False]  # enc self, dec self, cross
+    assert {type(a.normalizer).__name__ for a in attentions} == {"SoftmaxNormalizer"}
+    with pytest.raises(AttentionOptionsError, match=r"--adaptive-span-max=0.*--adaptive-span-init=1\.5.*--adaptive-span-loss=-1"):
+        build("transformer_adaptive_span", "--adaptive-span-max", "0", "--adaptive-span-init", "1.5",
+              "--adaptive-span-loss", "-1")
+
+
+@pytest.mark.parametrize("flags", [[], ["--adaptive-span-dynamic"], normalizer_flags("entmax15")],
+                         ids=["softmax", "dynamic", "entmax15"])
+def test_incremental_decoding_with_trimmed_cache_matches_full_forward(flags):
+    model, task = build("transformer_adaptive_span", *SHORT_SPANS, *flags)
+    diff, state = incremental_vs_full(model.eval(), task, tgt_len=14, reorder_at=7)
+    assert diff <= INCREMENTAL_LOGPROBS
+    self_attn = model.decoder.layers[0].self_attn
+    cached = self_attn._get_input_buffer(state)["prev_key"].size(2)
+    assert cached == self_attn.span.cache_keys(10**6) < 14  # bounded by the span, not the output length
+
+
+def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path):
+    assert train_equals_eval_after_loading("transformer_adaptive_span", tmp_path, *SHORT_SPANS) <= SAME
+
+
+def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0):
+    """z' gradients after fairseq's normalisation (divide by the sample size), from a real criterion."""
+    flags = [*SHORT_SPANS, "--adaptive-span-loss", str(coefficient), *NO_DROPOUT]
+    model, task = build("transformer_adaptive_span", *flags, *(["--sentence-avg"] if sentence_avg else []))
+    task.target_dictionary = task.source_dictionary
+    src, lengths, prev = random_batch(task, bsz=bsz, tgt_len=5 + bsz, seed=seed)
+    target = torch.roll(prev, -1, dims=1)
+    prev[0, -2:] = target[0, -2:] = task.target_dictionary.pad()  # right padding, as many pads in both
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+              "target": target, "ntokens": int(target.ne(task.target_dictionary.pad()).sum()), "nsentences": bsz}
+    criterion = (criterion_cls(task, sentence_avg, 0.1) if criterion_cls is LabelSmoothedCrossEntropyCriterion
+                 else criterion_cls(task, sentence_avg))
+    model.train()
+    loss, sample_size, _ = criterion(model, sample)
+    loss.backward()
+    return [span.span_frac.grad / sample_size for span in _spans(model)]
+
+
+@pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
+@pytest.mark.parametrize("sentence_avg", [False, True])
+def test_span_penalty_gradient_is_independent_of_batch_size(criterion_cls, sentence_avg):
+    coefficient, max_span, heads = 0.05, 8, 2
+    for bsz in (2, 7):
+        with_penalty = _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg)
+        without = _penalty_gradients(0.0, criterion_cls, bsz, sentence_avg)
+        for a, b in zip(with_penalty, without):  # d(coefficient * S * mean(z')) / dz' per layer
+            assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (bsz, a - b)
+
+
+def test_no_penalty_in_eval_and_clamp_after_update():
+    model, task = build("transformer_adaptive_span", *SHORT_SPANS)
+    spans = _spans(model)
+    with torch.no_grad():
+        spans[0].span_frac.copy_(torch.tensor([-0.3, 1.4]))
+    src, lengths, prev = random_batch(task)
+    before = spans[0].span_frac.clone()
+    model.train()
+    model(src, lengths, prev)  # the forward reads z' clamped and never writes it
+    assert torch.equal(spans[0].span_frac, before)
+    assert torch.equal(spans[0].spans(), torch.tensor([0.0, 8.0]))
+    model.set_num_updates(1)  # what fairseq calls after each update
+    assert torch.equal(spans[0].span_frac.data, torch.tensor([0.0, 1.0]))
+
+
+def _train_copy_lm(coefficient, steps=30, seed=0):
+    """A 1-layer LM on sequences whose second half repeats the first (needs a span of 10); returns the largest z'
+    of the layer after each step."""
+    model, task = build("transformer_lm_adaptive_span", "--adaptive-span-max", "12", "--adaptive-span-ramp", "2",
+                        "--adaptive-span-init", "1", "--adaptive-span-loss", str(coefficient), *NO_DROPOUT,
+                        seed=seed, base=TINY_LM_FLAGS)
+    criterion = CrossEntropyCriterion(task, False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    model.train()
+    for step in range(steps):
+        half = torch.randint(task.target_dictionary.nspecial, len(task.target_dictionary), (16, 10), generator=g)
+        tokens = torch.cat([half, half], dim=1)  # (bsz, 20)
+        sample = {"net_input": {"src_tokens": tokens[:, :-1]}, "target": tokens[:, 1:].contiguous(), "ntokens": 16 * 19,
+                  "nsentences": 16}
+        optimizer.zero_grad()
+        loss, sample_size, _ = criterion(model, sample)
+        loss.backward()
+        for p in model.parameters():  # fairseq's gradient normalisation
+            if p.grad is not None:
+                p.grad /= sample_size
+        optimizer.step()
+        model.set_num_updates(step + 1)
+        history.append(torch.cat([s.span_frac.detach() for s in _spans(model)]).max().item())
+    return history
+
+
+def test_spans_shrink_with_a_large_penalty_and_stay_at_the_maximum_without():
+    shrinking = _train_copy_lm(coefficient=0.1)
+    assert shrinking[-1] < 0.3 and shrinking[-1] < shrinking[5]  # every head's span shrinks
+    kept = _train_copy_lm(coefficient=0.0)
+    assert min(kept) >= 0.95  # the copy needs distance 10 of at most 12: the longest head stays at the maximum

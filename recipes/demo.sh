@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Demo on the synthetic language pair shipped in the repo: generate, preprocess, train, translate,
-# score with sacreBLEU. CPU only; about 2 minutes per architecture on 2 cores.
+# score with sacreBLEU. CPU only; about 2 minutes per architecture on 2 idle cores.
 #
 #   bash recipes/demo.sh                      # all demo architectures
 #   ARCHS="transformer" bash recipes/demo.sh  # a subset
@@ -11,7 +11,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 USER_DIR=$(python -c 'import os, sparse_attn_fairseq as p; print(os.path.dirname(p.__file__))')
 WORK=${WORK:-work/demo}
-ARCHS=${ARCHS:-transformer transformer_entmax}
+ARCHS=${ARCHS:-transformer transformer_entmax transformer_rela transformer_adaptive_span}
 MAX_UPDATE=${MAX_UPDATE:-800}
 SEED=${SEED:-1}
 

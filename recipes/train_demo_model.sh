@@ -14,5 +14,5 @@ fairseq-train "$data" --user-dir "$user_dir" --arch "$arch" --task translation \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   --max-tokens 2048 --max-update "$max_update" --seed "$seed" --cpu \
   --save-dir "$save" --no-epoch-checkpoints --log-format simple --log-interval 100 \
-  --num-workers 0 "$@" > "$save/train.log"
+  --num-workers 0 "$@" > "$save/train.log" 2>&1
 tail -n 2 "$save/train.log"

@@ -130,3 +130,13 @@ def train_equals_eval_after_loading(arch, tmp_path, *flags):
     loaded.train()
     train_out = loaded(src, lengths, prev)[0]
     return (train_out - eval_out).abs().max().item()
+
+
+def diff_to_stock_transformer(ours, task, train: bool) -> float:
+    """Max output difference of ``ours`` and fairseq's ``transformer`` holding the same weights."""
+    stock, _ = build("transformer", *NO_DROPOUT, task=task, seed=1)
+    stock.load_state_dict(ours.state_dict(), strict=True)
+    src, lengths, prev = random_batch(task)
+    ours.train(train)
+    stock.train(train)
+    return (ours(src, lengths, prev)[0] - stock(src, lengths, prev)[0]).abs().max().item()

@@ -7,6 +7,7 @@ from fairseq.models.transformer import TransformerModel
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
 from sparse_attn_fairseq.options import ENTMAX_NORMALIZERS
 from tests.models.builders import (
+    diff_to_stock_transformer,
     NO_DROPOUT, build, incremental_vs_full, normalizer_flags, random_batch, train_equals_eval_after_loading,
 )
 
@@ -18,13 +19,7 @@ INCREMENTAL_LOGPROBS = 1e-4
 @pytest.mark.parametrize("train", [False, True])
 def test_softmax_everywhere_reproduces_stock_transformer(train):
     ours, task = build("transformer_entmax", *normalizer_flags("softmax"), *NO_DROPOUT)
-    stock, _ = build("transformer", *NO_DROPOUT, task=task, seed=1)
-    stock.load_state_dict(ours.state_dict(), strict=True)
-    src, lengths, prev = random_batch(task)
-    ours.train(train)
-    stock.train(train)
-    diff = (ours(src, lengths, prev)[0] - stock(src, lengths, prev)[0]).abs().max().item()
-    assert diff <= SAME_AS_STOCK
+    assert diff_to_stock_transformer(ours, task, train) <= SAME_AS_STOCK
 
 
 def test_every_attention_is_sparse_multihead_attention():

@@ -8,6 +8,7 @@ from fairseq.sequence_generator import SequenceGeneratorWithAlignment
 from sparse_attn_fairseq.layers.rela_norm import RelaOutputNorm
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
 from tests.models.builders import (
+    diff_to_stock_transformer,
     NO_DROPOUT,
     build,
     incremental_vs_full,
@@ -38,13 +39,7 @@ def _attentions(model):
 def test_softmax_everywhere_reproduces_stock_transformer(train):
     ours, task = build("transformer_rela", *normalizer_flags("softmax"), *NO_DROPOUT)
     assert all(a.output_norm is None for a in _attentions(ours))
-    stock, _ = build("transformer", *NO_DROPOUT, task=task, seed=1)
-    stock.load_state_dict(ours.state_dict(), strict=True)
-    src, lengths, prev = random_batch(task)
-    ours.train(train)
-    stock.train(train)
-    diff = (ours(src, lengths, prev)[0] - stock(src, lengths, prev)[0]).abs().max().item()
-    assert diff <= SAME_AS_STOCK
+    assert diff_to_stock_transformer(ours, task, train) <= SAME_AS_STOCK
 
 
 def test_defaults_are_gated_rela_in_all_three_attention_types():

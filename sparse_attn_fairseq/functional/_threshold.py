@@ -27,6 +27,9 @@ import torch
 _SETTINGS = {torch.float32: (2e-6, 1e-3, 40), torch.float64: (1e-13, 1e-7, 60)}
 # Working set is compacted (rows gathered) once it falls below this fraction of the rows it was gathered from.
 _COMPACT_BELOW = 0.8
+# Problems of at most this many entries iterate on all rows: per-op overhead dominates there (one decoding step's
+# rows), and gathering a working set costs more passes than it saves.
+_DENSE_MAX_ENTRIES = 1 << 15
 
 
 def dot_last(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,10 +115,15 @@ def _zero_off_support(u: torch.Tensor, d: torch.Tensor, scratch: torch.Tensor) -
     u.mul_(torch.sign(d, out=scratch))
 
 
-def _newton_step(S: torch.Tensor, T: torch.Tensor, b) -> torch.Tensor:
-    """Newton on G: tau += G / -G' = (S^(1/b) - 1) S^(1 - 1/b) / T = (S - S^(1 - 1/b)) / T; 0 for empty rows."""
-    step = (S - S.pow(1.0 - 1.0 / b)).div_(T.clamp_min(torch.finfo(S.dtype).tiny))
-    return step.masked_fill_(_empty(S), 0.0)
+def _newton_power(b):
+    """1 - 1/b, the exponent of a Newton step (computed once per solve)."""
+    return 1.0 - 1.0 / b
+
+
+def _newton_step(S: torch.Tensor, T: torch.Tensor, power, empty: torch.Tensor) -> torch.Tensor:
+    """Newton on G: tau += G / -G' = (S^(1/b) - 1) S^(1 - 1/b) / T = (S - S^power) / T; 0 for empty rows."""
+    step = (S - S.pow(power)).div_(T.clamp_min(torch.finfo(S.dtype).tiny))
+    return step.masked_fill_(empty, 0.0)
 
 
 def _empty(S: torch.Tensor) -> torch.Tensor:
@@ -124,9 +132,9 @@ def _empty(S: torch.Tensor) -> torch.Tensor:
     return S < 0.5
 
 
-def _residual(S: torch.Tensor) -> torch.Tensor:
-    """|S - 1|, 0 for fully masked rows (nothing to solve)."""
-    return (S - 1.0).abs_().masked_fill_(_empty(S), 0.0)
+def _residual(S: torch.Tensor, empty: torch.Tensor | None = None) -> torch.Tensor:
+    """|S - 1|, 0 for fully masked rows (nothing to solve); ``empty`` is _empty(S) if already computed."""
+    return (S - 1.0).abs_().masked_fill_(_empty(S) if empty is None else empty, 0.0)
 
 
 def _take(b, idx: torch.Tensor):
@@ -140,23 +148,39 @@ def _iterate(z, tau, b, stop: float, max_steps: int, d_buf, u_buf) -> None:
     A row leaves after the step taken at its first residual <= stop, so it ends one step past that residual.
     d_buf and u_buf are scratch buffers with at least as many rows as z.
     """
-    idx = torch.arange(z.shape[0], device=z.device)  # (active,) rows of z in the working set
-    zs, bs, ts = z, b, tau.clone()
-    consts = _step_constants(b, z.dtype, z.shape[-1])
+    consts, power = _step_constants(b, z.dtype, z.shape[-1]), _newton_power(b)
+    if z.numel() <= _DENSE_MAX_ENTRIES:
+        return _iterate_dense(z, tau, b, stop, max_steps, d_buf, u_buf, consts, power)
+    idx = None  # (active,) rows of z in the working set once it has been compacted; None: all rows, in order
+    zs, bs, ts = z, b, tau
     for _ in range(max_steps):
         m = zs.shape[0]
         S, T = _step_moments(zs, ts, bs, d_buf[:m], None if u_buf is None else u_buf[:m], consts)
-        ts.add_(_newton_step(S, T, bs))
-        tau.index_copy_(0, idx, ts)
-        keep = (_residual(S) > stop).squeeze(-1)  # (active,)
+        empty = _empty(S)
+        ts.add_(_newton_step(S, T, power, empty))
+        if idx is not None:
+            tau.index_copy_(0, idx, ts)
+        keep = (_residual(S, empty) > stop).squeeze(-1)  # (active,)
         n_keep = int(keep.sum())
         if n_keep == 0:
             return
         if n_keep < _COMPACT_BELOW * m:
             sel = keep.nonzero().squeeze(-1)  # (n_keep,) positions within the working set
-            idx, zs, ts, bs = idx[sel], zs[sel], ts[sel], _take(bs, sel)
+            idx = sel if idx is None else idx[sel]
+            zs, ts, bs, power = zs[sel], ts[sel], _take(bs, sel), _take(power, sel)
             if consts is not None:
                 consts = (_take(consts[0], sel), _take(consts[1], sel), consts[2])
+
+
+def _iterate_dense(z, tau, b, stop: float, max_steps: int, d, u, consts, power) -> None:
+    """:func:`_iterate` on every row until all residuals are <= stop (rows past their root stay there: a Newton step
+    from the root is 0 up to rounding)."""
+    for _ in range(max_steps):
+        S, T = _step_moments(z, tau, b, d, u, consts)
+        empty = _empty(S)
+        tau.add_(_newton_step(S, T, power, empty))
+        if float(_residual(S, empty).max()) <= stop:
+            return
 
 
 def solve_threshold(z: torch.Tensor, b):

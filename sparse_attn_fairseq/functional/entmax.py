@@ -104,9 +104,9 @@ def entmax_alpha(
 def _entmax_alpha_tensor(scores: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
     """Last-dim alpha-entmax with a per-row alpha tensor; rows with alpha exactly 1 take softmax."""
     alpha_c = alpha.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
-    is_one = alpha_c == 1.0
-    if not bool(is_one.any()):
+    if float(alpha_c.detach().min()) > 1.0:  # the common case: no softmax rows
         return EntmaxAlphaFunction.apply(scores, alpha_c, mask)[0]
+    is_one = alpha_c == 1.0
     safe_alpha = alpha_c.masked_fill(is_one, 2.0)  # any valid value; those rows are replaced by softmax
     p = EntmaxAlphaFunction.apply(scores, safe_alpha, mask)[0]
     return torch.where(is_one, softmax_masked(scores, mask).to(p.dtype), p)
@@ -125,8 +125,9 @@ def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> 
         )
     if alpha.numel() == 0:
         return
-    bad = alpha.detach()[(alpha.detach() < 1.0) | (alpha.detach() > 2.0) | alpha.detach().isnan()]
-    if bad.numel():
+    low, high = torch.aminmax(alpha.detach())  # one pass; NaN propagates into both
+    if not (1.0 <= float(low) and float(high) <= 2.0):
+        bad = alpha.detach()[(alpha.detach() < 1.0) | (alpha.detach() > 2.0) | alpha.detach().isnan()]
         raise ValueError(f"alpha must lie in [1, 2], got alpha={bad.flatten()[:8].tolist()} (first offending values)")
 
 

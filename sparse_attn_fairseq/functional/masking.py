@@ -38,12 +38,18 @@ def check_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> None:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = masked), got {getattr(mask, 'dtype', type(mask))}")
-    try:
-        shape = torch.broadcast_shapes(mask.shape, scores.shape)
-    except RuntimeError as err:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(scores.shape)}") from err
-    if shape != scores.shape:
+    if not broadcasts_to(mask.shape, scores.shape):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to {tuple(scores.shape)}")
+
+
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``.
+
+    Plain Python: the first ``torch.broadcast_shapes`` call imports sympy (0.25 s), inside the timed decoding loop.
+    """
+    if len(shape) > len(target):
+        return False
+    return all(size in (1, full) for size, full in zip(reversed(shape), reversed(target)))
 
 
 def dead_rows(row_max: torch.Tensor, input_dtype: torch.dtype) -> torch.Tensor:

@@ -170,9 +170,12 @@ def test_fallback_rows_that_miss_the_strict_tolerance(monkeypatch):
     assert len(calls) >= 2
 
 
-@pytest.mark.parametrize("compact_below", [0.0, 1.0])
-def test_working_set_compaction_on_and_off(monkeypatch, compact_below):
-    """Rows retire at different steps; results are the same whether or not the working set is gathered."""
+@pytest.mark.parametrize("dense_max, compact_below", [(1 << 30, 0.0), (0, 0.0), (0, 1.0)],
+                         ids=["all-rows", "working-set", "working-set-compacted"])
+def test_all_rows_working_set_and_compaction_agree(monkeypatch, dense_max, compact_below):
+    """Rows retire at different steps; results are the same whether small problems iterate on all rows, or on a
+    working set that is or is not gathered."""
+    monkeypatch.setattr(_threshold, "_DENSE_MAX_ENTRIES", dense_max)
     monkeypatch.setattr(_threshold, "_COMPACT_BELOW", compact_below)
     x = scores(3, 8, 40)
     alpha = torch.linspace(1.01, 2.0, 8, dtype=torch.float64).view(8, 1)

@@ -1,10 +1,17 @@
 """Closed-form gradients (float64 gradcheck, scores and alpha) and the shared masking semantics."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from sparse_attn_fairseq.functional.entmax import entmax15, entmax_alpha, softmax_masked, sparsemax
 from tests.tolerances import GRADCHECK, max_err
+
+REPO = Path(__file__).resolve().parents[2]
 
 NORMALIZERS = {
     "softmax": softmax_masked,
@@ -102,6 +109,19 @@ def test_mask_must_be_bool_and_broadcast():
         sparsemax(x, torch.zeros(2, 5))
     with pytest.raises(ValueError, match="broadcast"):
         entmax15(x, torch.zeros(3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="broadcast"):
+        entmax15(x, torch.zeros(1, 2, 5, dtype=torch.bool))  # more dims than the scores
+    assert torch.equal(entmax15(x, torch.zeros(1, 5, dtype=torch.bool)), entmax15(x))
+
+
+def test_first_call_does_not_import_sympy():
+    """torch.broadcast_shapes imports sympy on first use (0.25 s, inside fairseq-generate's timed loop)."""
+    code = ("import sys, torch; from sparse_attn_fairseq.functional.entmax import entmax_alpha; "
+            "entmax_alpha(torch.randn(2, 3, 5), torch.full((3, 1), 1.3), torch.zeros(5, dtype=torch.bool)); "
+            "print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == "False"
 
 
 @pytest.mark.parametrize("name", list(NORMALIZERS))

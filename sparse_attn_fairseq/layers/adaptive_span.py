@@ -14,10 +14,14 @@ whatever the batch size, the number of workers or the gradient accumulation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from sparse_attn_fairseq.functional.span import keys_needed, renormalize, span_mask_at, span_soft_mask
+from sparse_attn_fairseq.functional.span import (
+    keys_needed, log_soft_mask, renormalize, span_mask_at, span_soft_mask,
+)
 
 
 class AdaptiveSpan(nn.Module):
@@ -89,6 +93,21 @@ class AdaptiveSpan(nn.Module):
         spans = self.spans() if spans is None else spans
         return span_mask_at(spans, self.ramp, dist, causal)
 
+    def normalize(self, normalizer: nn.Module, scores: torch.Tensor, soft: torch.Tensor,
+                  renorm: bool = True) -> torch.Tensor:
+        """The normalizer's weights with this span's soft mask m applied: scores (bsz, H, *rows, W) -> same shape.
+
+        ``soft`` is m, broadcastable to the scores (e.g. (H, 1, block, W) for a banded static span); ``rows`` are
+        flattened into one query axis for the normalizer. Other masked keys must already be -inf in the scores.
+        Keys with m = 0 are masked, the weights are multiplied by m and renormalised (unless ``renorm`` is False,
+        for ReLA). For an ``exp_family`` normalizer (softmax) that equals normalising scores + log m: one pass.
+        """
+        if renorm and getattr(normalizer, "exp_family", False):
+            return _normalize_rows(normalizer, scores + log_soft_mask(soft).to(scores.dtype))
+        off_span = torch.zeros(soft.shape, dtype=scores.dtype, device=scores.device).masked_fill_(soft == 0, -math.inf)
+        weights = _normalize_rows(normalizer, scores + off_span)  # keys with m = 0 are -inf: masked
+        return self.apply_mask(weights, soft, renorm)
+
     @staticmethod
     def apply_mask(weights: torch.Tensor, mask: torch.Tensor, renorm: bool = True) -> torch.Tensor:
         """weights * m, divided by the row sum + 1e-8 if ``renorm``; weights (bsz, H, T, W), m broadcastable."""
@@ -141,6 +160,13 @@ class AdaptiveSpan(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}, "
                 f"loss_coefficient={self.loss_coefficient}")
+
+
+def _normalize_rows(normalizer: nn.Module, scores: torch.Tensor) -> torch.Tensor:
+    """normalizer over scores (bsz, H, *rows, W), the row dims flattened into the (bsz, H, T, W) it expects."""
+    if scores.ndim == 4:
+        return normalizer(scores)
+    return normalizer(scores.flatten(2, -2)).view(scores.shape)
 
 
 def _span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim, loss_coefficient) -> list[str]:

@@ -61,9 +61,12 @@ class _Normalizer(nn.Module):
     """Shared shape check; subclasses implement ``normalize``.
 
     ``sums_to_one``: rows of the output are distributions, so an adaptive span renormalises them after its mask.
+    ``exp_family``: weights are proportional to exp(scores), so weights * m renormalised equals the weights of
+    scores + log m (an adaptive span then adds log m instead of masking after the normaliser).
     """
 
     sums_to_one = True
+    exp_family = False
 
     def __init__(self, num_heads: int):
         super().__init__()
@@ -90,6 +93,8 @@ class _Normalizer(nn.Module):
 @register_normalizer("softmax")
 class SoftmaxNormalizer(_Normalizer):
     """softmax over keys; fully masked rows give zeros."""
+
+    exp_family = True
 
     def normalize(self, scores, mask):
         return softmax_masked(scores, mask)

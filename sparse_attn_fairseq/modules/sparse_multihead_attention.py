@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from sparse_attn_fairseq.functional.banded import (
     Band, band_gather_keys, band_gather_rows, band_mix, band_scores, make_band, unband,
 )
-from sparse_attn_fairseq.functional.masking import split_attn_mask
+from sparse_attn_fairseq.functional.masking import fill_masked, split_attn_mask
 from sparse_attn_fairseq.functional.span import span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
@@ -159,7 +159,7 @@ class SparseMultiheadAttention(nn.Module):
         else:
             weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, nb, block, W)
         if self.stats_key is not None and incremental_state is None:
-            self._log_stats(weights, mask, spans)
+            self._log_stats(*self._real_rows(weights, mask, band), spans)
         probs = self.dropout_module(weights)
         attn = self._mix_values(probs, v) if band is None else band_mix(probs, v, band).permute(2, 0, 1, 3).flatten(2)
         if self.output_norm is not None:  # attn: (tgt_len, bsz, embed_dim)
@@ -188,7 +188,7 @@ class SparseMultiheadAttention(nn.Module):
 
     def _full_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
                       spans: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask the normalizer saw."""
+        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask of keys they exclude (or None)."""
         scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
         scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
         if spans is None:
@@ -196,39 +196,63 @@ class SparseMultiheadAttention(nn.Module):
         tgt_len, src_len = scores.shape[-2:]
         # queries are the last tgt_len keys (self-attention; incremental: the cache ends at the current step)
         dist = span_distances(tgt_len, src_len, self.causal, query_offset=src_len - tgt_len, device=scores.device)
-        return self._normalize_with_span(scores, mask, dist, spans)
+        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
+        weights = self.span.normalize(self.normalizer, fill_masked(scores, mask), soft, self.renormalize_span)
+        return weights, self._stats_mask(mask, soft)
 
     def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
-                      spans: Tensor, band: Band) -> Tuple[Tensor, Tensor]:
-        """Weights (bsz, H, num_blocks, block, width) on the band; :meth:`_full_weights` restricted to it."""
+                      spans: Tensor, band: Band) -> Tuple[Tensor, Optional[Tensor]]:
+        """Weights (bsz, H, num_blocks, block, width) on the band; :meth:`_full_weights` restricted to it.
+
+        Masks of keys (outside the sequence, padding, attn_mask) become one additive bias of at most
+        (bsz, 1, num_blocks, block, width); a static span's soft mask is (H, 1, block, width), the same in every block.
+        """
         scores = band_scores(q, k, band)  # (bsz, num_heads, num_blocks, block, width)
-        mask = band.outside(scores.device)  # (num_blocks, block, width)
-        if attn_mask is not None:  # read on the band only
-            fill = float("-inf") if attn_mask.dtype.is_floating_point else True
-            masked, additive = split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
-            mask = mask | masked.view_as(mask)
-            if additive is not None:
-                scores = scores + additive.view_as(mask).to(scores.dtype)
-        if key_padding_mask is not None:
-            padding = band_gather_keys(key_padding_mask.to(torch.bool), band, True)  # (bsz, padded_len, width)
-            mask = mask | padding.view(-1, 1, *mask.shape)  # (bsz, 1, num_blocks, block, width)
+        masked, bias = self._band_key_bias(band, key_padding_mask, attn_mask, scores.dtype, scores.device)
+        scores = scores.add_(bias)  # the matmul's output is not needed by its backward: add in place
         if spans.ndim == 3:  # dynamic (bsz, H, tgt_len) -> (bsz, H, num_blocks, block), zero for padded rows
-            spans = nn.functional.pad(spans, (0, band.padded_len - band.length)).unflatten(-1, mask.shape[-3:-1])
+            spans = nn.functional.pad(spans, (0, band.padded_len - band.length)).unflatten(-1, scores.shape[2:4])
         # the distances repeat in every block: a static mask is (H, block, width), broadcast over the blocks
         soft = self.span.mask_at(band.distances(self.causal, scores.device), self.causal, spans)
         soft = soft.unsqueeze(-3) if spans.ndim == 1 else soft  # (H, 1, block, W) or (bsz, H, nb, block, W)
-        mask = mask | (soft == 0)  # (.., H, num_blocks, block, width)
-        flat = self.normalizer(scores.flatten(2, 3), mask.flatten(-3, -2))  # (bsz, H, padded_len, width)
-        weights = self.span.apply_mask(flat.unflatten(2, mask.shape[-3:-1]), soft, self.renormalize_span)
+        weights = self.span.normalize(self.normalizer, scores, soft, self.renormalize_span)
+        return weights, self._stats_mask(masked, soft)
+
+    @staticmethod
+    def _band_key_bias(band: Band, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype, device
+                       ) -> Tuple[Tensor, Tensor]:
+        """Masked keys on the band, bool (1 or bsz, 1, num_blocks, block, width), and the additive bias: -inf there,
+        plus any finite part of a float attn_mask. attn_mask and key_padding_mask are read on the band only."""
+        masked = band.outside(device)  # (num_blocks, block, width)
+        additive = None
+        if attn_mask is not None:
+            fill = float("-inf") if attn_mask.dtype.is_floating_point else True
+            attn_masked, additive = split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
+            masked = masked | attn_masked.view_as(masked)
+        if key_padding_mask is not None:
+            padding = band_gather_keys(key_padding_mask.to(torch.bool), band, True)  # (bsz, padded_len, width)
+            masked = masked | padding.view(-1, *masked.shape[-3:])  # (bsz, num_blocks, block, width)
+        masked = masked.unsqueeze(-4)  # (1 or bsz, 1, num_blocks, block, width)
+        bias = torch.zeros(masked.shape, dtype=dtype, device=device).masked_fill_(masked, float("-inf"))
+        if additive is not None:
+            bias = bias + additive.view(masked.shape[-3:]).to(dtype)
+        return masked, bias
+
+    @staticmethod
+    def _real_rows(weights: Tensor, mask: Optional[Tensor], band: Optional[Band]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Banded weights and mask (.., num_blocks, block, width) without the padded query rows: (.., length, width)."""
+        if band is None:
+            return weights, mask
+        weights = weights.flatten(-3, -2)[..., : band.length, :]
+        if mask is not None:
+            mask = mask.expand(weights.shape[:-2] + mask.shape[-3:]).flatten(-3, -2)[..., : band.length, :]
         return weights, mask
 
-    def _normalize_with_span(self, scores: Tensor, mask: Optional[Tensor], dist: Tensor,
-                             spans: Tensor) -> Tuple[Tensor, Tensor]:
-        """Normalise over the keys with a nonzero span mask m, then weights * m (renormalised unless ReLA)."""
-        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
-        mask = soft == 0 if mask is None else mask | (soft == 0)  # broadcast to (bsz, H, T, S)
-        weights = self.normalizer(scores, mask)  # (bsz, num_heads, T, S)
-        return self.span.apply_mask(weights, soft, self.renormalize_span), mask
+    def _stats_mask(self, masked: Optional[Tensor], soft: Tensor) -> Optional[Tensor]:
+        """Keys the weights exclude (masked, or span mask 0), for the zero-fraction statistic; None if not logged."""
+        if self.stats_key is None:
+            return None
+        return soft == 0 if masked is None else masked | (soft == 0)
 
     def _log_stats(self, weights: Tensor, mask: Optional[Tensor], spans: Optional[Tensor]) -> None:
         log_attention_stats(self.stats_key, weights, mask, self.normalizer)

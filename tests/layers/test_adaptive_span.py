@@ -65,3 +65,38 @@ def test_validation_lists_every_problem():
         AdaptiveSpan(2, 10, dynamic=True)
     with pytest.raises(ValueError, match="only used with dynamic"):
         AdaptiveSpan(2, 10, embed_dim=8)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_with_log_mask_equals_mask_then_renormalise(causal, dynamic):
+    """For softmax, normalize() adds log m to the scores; it must equal the paper's softmax, * m, renormalise
+    (forced through the generic path), in value and in the gradients of the scores and of the span."""
+    from sparse_attn_fairseq.layers.normalizers import build_normalizer
+
+    torch.manual_seed(0)
+    heads, tgt, dim = 3, 12, 4
+    span = AdaptiveSpan(heads, max_span=8, ramp=3, init_span=0.4, dynamic=dynamic,
+                        embed_dim=dim if dynamic else None).double()
+    if not dynamic:
+        with torch.no_grad():
+            span.span_frac.copy_(torch.tensor([0.0, 0.3, 0.77]))  # z = 0 (own key only), mid-ramp, long
+    feats = torch.randn(tgt, 2, dim, dtype=torch.float64)
+    scores = torch.randn(2, heads, tgt, tgt, dtype=torch.float64, requires_grad=True)
+    softmax, generic = build_normalizer("softmax", heads), build_normalizer("softmax", heads)
+    generic.exp_family = False  # the multiply-and-renormalise path
+    results = []
+    for normalizer in (softmax, generic):
+        span.zero_grad()
+        scores.grad = None
+        spans = span.spans(feats if dynamic else None)
+        soft = span_soft_mask(spans, span.ramp, tgt, tgt, causal)
+        weights = span.normalize(normalizer, scores, soft)
+        (weights * torch.linspace(-1, 1, tgt, dtype=torch.float64)).sum().backward()
+        span_grad = span.span_proj.weight.grad if dynamic else span.span_frac.grad
+        results.append((weights.detach(), scores.grad.clone(), span_grad.clone()))
+    (w_log, g_log, s_log), (w_mul, g_mul, s_mul) = results
+    assert max_err(w_log, w_mul) <= 1e-7  # the generic path divides by sum + 1e-8
+    assert max_err(g_log, g_mul) <= 1e-6 and max_err(s_log, s_mul) <= 1e-6
+    assert s_log.abs().sum() > 0
+    assert (w_log == 0).any()  # keys outside the span get exact zeros

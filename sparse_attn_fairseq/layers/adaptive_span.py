@@ -47,6 +47,7 @@ class AdaptiveSpan(nn.Module):
         self.num_heads, self.max_span, self.ramp, self.dynamic = num_heads, max_span, ramp, dynamic
         self.init_span, self.loss_coefficient = float(init_span), float(loss_coefficient)
         self.sample_size = 0.0  # this batch's criterion normaliser, set by the model (see attach_penalty)
+        self.loss_scale = 1.0  # fp16 / amp loss scale of this backward, set by the model during backward
         if dynamic:
             self.span_proj = nn.Linear(embed_dim, num_heads)  # v and b of z_t = S sigmoid(v . x_t + b), per head
         else:
@@ -121,12 +122,14 @@ class AdaptiveSpan(nn.Module):
         criterion's normaliser (target tokens, or sentences with --sentence-avg). After fairseq divides the summed
         gradients by the total sample size, z' receives coefficient * S / num_heads per layer, the gradient of
         coefficient * S * mean(z'). Nothing is attached outside autograd or with a zero coefficient.
-        ``sample_size`` defaults to :attr:`sample_size`, which the model sets before each training forward.
+        ``sample_size`` defaults to :attr:`sample_size`, which the model sets before each training forward. The
+        gradient is multiplied by :attr:`loss_scale` as it is when the hook runs: fp16 and amp training scale the loss
+        (and so every other gradient) before backward and unscale after it.
         """
         sample_size = self.sample_size if sample_size is None else sample_size
         if self.loss_coefficient > 0 and spans.requires_grad and torch.is_grad_enabled():
             extra = self.loss_coefficient * float(sample_size) / spans.numel()  # d mean(z) / dz_i = 1 / numel
-            spans.register_hook(lambda grad: grad + extra)
+            spans.register_hook(lambda grad: grad + extra * self.loss_scale)
 
     def span_loss(self, spans: torch.Tensor | None = None) -> torch.Tensor:
         """S * mean(z') (static), or the mean dynamic span in tokens (pass the spans used in the forward)."""

@@ -47,8 +47,9 @@ def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path):
     assert train_equals_eval_after_loading("transformer_adaptive_span", tmp_path, *SHORT_SPANS) <= SAME
 
 
-def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0):
-    """z' gradients after fairseq's normalisation (divide by the sample size), from a real criterion."""
+def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0, loss_scale=1.0):
+    """z' gradients after fairseq's normalisation (divide by the sample size), from a real criterion; the loss is
+    multiplied by ``loss_scale`` before backward and the gradients divided after, as fp16 and amp training do."""
     flags = [*SHORT_SPANS, "--adaptive-span-loss", str(coefficient), *NO_DROPOUT]
     model, task = build("transformer_adaptive_span", *flags, *(["--sentence-avg"] if sentence_avg else []))
     task.target_dictionary = task.source_dictionary
@@ -61,8 +62,8 @@ def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed
                  else criterion_cls(task, sentence_avg))
     model.train()
     loss, sample_size, _ = criterion(model, sample)
-    loss.backward()
-    return [span.span_frac.grad / sample_size for span in _spans(model)]
+    (loss * loss_scale).backward()
+    return [span.span_frac.grad / loss_scale / sample_size for span in _spans(model)]
 
 
 @pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
@@ -74,6 +75,17 @@ def test_span_penalty_gradient_is_independent_of_batch_size(criterion_cls, sente
         without = _penalty_gradients(0.0, criterion_cls, bsz, sentence_avg)
         for a, b in zip(with_penalty, without):  # d(coefficient * S * mean(z')) / dz' per layer
             assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (bsz, a - b)
+
+
+@pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
+@pytest.mark.parametrize("loss_scale", [128.0, 2.0**15])
+def test_span_penalty_gradient_survives_fp16_loss_scaling(criterion_cls, loss_scale):
+    """fp16 / amp scale the loss before backward and unscale every gradient after: the penalty must be scaled too."""
+    coefficient, max_span, heads = 0.05, 8, 2
+    with_penalty = _penalty_gradients(coefficient, criterion_cls, 3, loss_scale=loss_scale)
+    without = _penalty_gradients(0.0, criterion_cls, 3, loss_scale=loss_scale)
+    for a, b in zip(with_penalty, without):
+        assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (loss_scale, a - b)
 
 
 def test_no_penalty_in_eval_and_clamp_after_update():

@@ -1,7 +1,8 @@
 """Shared, unregistered model classes: fairseq's Transformer and Transformer LM with our attention.
 
-Each method's file (transformer_entmax.py, transformer_rela.py) subclasses these, names its flags dataclass and its
-:class:`~sparse_attn_fairseq.options.AttentionMethod`, registers the result and its presets. Nothing else differs.
+Each method's file (transformer_entmax.py, transformer_rela.py, transformer_adaptive_span.py) subclasses these, names
+its flags dataclass, its :class:`~sparse_attn_fairseq.options.AttentionMethod` and whether it has adaptive spans, and
+registers the result and its presets.
 """
 
 from typing import Any, ClassVar, Dict
@@ -22,6 +23,7 @@ class SparseTransformerModel(TransformerModel):
 
     attention_config: ClassVar[Any] = EntmaxAttentionConfig  # the flags dataclass of the method
     attention_method: ClassVar[AttentionMethod] = ENTMAX
+    attention_span: ClassVar[bool] = False  # the adaptive span flags and modules
 
     @classmethod
     def add_args(cls, parser):
@@ -30,7 +32,7 @@ class SparseTransformerModel(TransformerModel):
 
     @classmethod
     def read_options(cls, args):
-        return read_attention_options(args, method=cls.attention_method)
+        return read_attention_options(args, method=cls.attention_method, span=cls.attention_span)
 
     @classmethod
     def build_model(cls, args, task):
@@ -55,10 +57,11 @@ class SparseTransformerLanguageModel(TransformerLanguageModel):
     """fairseq's transformer_lm with our decoder self-attention (register it with the method's dataclass)."""
 
     attention_method: ClassVar[AttentionMethod] = ENTMAX
+    attention_span: ClassVar[bool] = False
 
     @classmethod
     def build_model(cls, args, task):
-        options = read_attention_options(args, ("decoder",), cls.attention_method)  # fail on bad flags first
+        options = read_attention_options(args, ("decoder",), cls.attention_method, cls.attention_span)  # fail early
         # fairseq builds the LM's embeddings (plain, adaptive or character) inline in build_model; reuse them from a
         # stock model rather than copying that code. The stock decoder is built once and dropped.
         stock = super().build_model(args, task)

@@ -8,47 +8,30 @@ modules/span_training.py. Presets mirror fairseq's, plus the paper's small chara
 
 from dataclasses import dataclass
 
-from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models import transformer_lm as lm_presets
-from fairseq.models.transformer import TransformerConfig, TransformerModel
 from fairseq.models.transformer import transformer_legacy as mt_presets
-from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
+from fairseq.models.transformer_lm import TransformerLanguageModelConfig
 from fairseq.utils import safe_getattr
 
+from sparse_attn_fairseq.models.sparse_transformer import SparseTransformerLanguageModel, SparseTransformerModel
 from sparse_attn_fairseq.modules.span_training import AdaptiveSpanTraining
-from sparse_attn_fairseq.modules.transformer_layers import SparseTransformerDecoder, SparseTransformerEncoder
-from sparse_attn_fairseq.options import SPAN, SpanAttentionConfig, SpanLMAttentionConfig, read_attention_options
-
-
-def _options(args, attention_types=("encoder", "decoder", "encoder_decoder")):
-    return read_attention_options(args, attention_types, SPAN, span=True)
+from sparse_attn_fairseq.options import SPAN, SpanAttentionConfig, SpanLMAttentionConfig
 
 
 @register_model("transformer_adaptive_span")
-class TransformerAdaptiveSpanModel(AdaptiveSpanTraining, TransformerModel):
+class TransformerAdaptiveSpanModel(AdaptiveSpanTraining, SparseTransformerModel):
     """fairseq's TransformerModel with adaptive spans in encoder and decoder self-attention."""
 
-    @classmethod
-    def add_args(cls, parser):
-        super().add_args(parser)
-        gen_parser_from_dataclass(parser, SpanAttentionConfig())
+    attention_config = SpanAttentionConfig
+    attention_method = SPAN
+    attention_span = True
 
     @classmethod
     def build_model(cls, args, task):
-        _options(args)  # fail on bad flags before any parameter is built
         model = super().build_model(args, task)
         model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
         return model
-
-    @classmethod
-    def build_encoder(cls, args, src_dict, embed_tokens):
-        return SparseTransformerEncoder(TransformerConfig.from_namespace(args), src_dict, embed_tokens, _options(args))
-
-    @classmethod
-    def build_decoder(cls, args, tgt_dict, embed_tokens):
-        return SparseTransformerDecoder(TransformerConfig.from_namespace(args), tgt_dict, embed_tokens, _options(args),
-                                        no_encoder_attn=safe_getattr(args, "no_cross_attention", False))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens: bool = True,
                 features_only: bool = False, alignment_layer=None, alignment_heads=None):
@@ -63,17 +46,15 @@ class TransformerAdaptiveSpanLMConfig(TransformerLanguageModelConfig, SpanLMAtte
 
 
 @register_model("transformer_lm_adaptive_span", dataclass=TransformerAdaptiveSpanLMConfig)
-class TransformerAdaptiveSpanLanguageModel(AdaptiveSpanTraining, TransformerLanguageModel):
+class TransformerAdaptiveSpanLanguageModel(AdaptiveSpanTraining, SparseTransformerLanguageModel):
     """fairseq's transformer_lm with adaptive spans in its (causal) self-attention."""
+
+    attention_method = SPAN
+    attention_span = True
 
     @classmethod
     def build_model(cls, args, task):
-        options = _options(args, ("decoder",))  # fail on bad flags first
-        # fairseq builds the LM's embeddings inline in build_model: reuse them from a stock model (built, dropped).
-        stock = super().build_model(args, task)
-        decoder = SparseTransformerDecoder(TransformerConfig.from_namespace(args), task.target_dictionary,
-                                           stock.decoder.embed_tokens, options, no_encoder_attn=True)
-        model = cls(decoder)
+        model = super().build_model(args, task)
         model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
         return model
 

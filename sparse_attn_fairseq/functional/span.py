@@ -87,14 +87,21 @@ def log_soft_mask(mask: torch.Tensor) -> torch.Tensor:
     """log m, -inf where m = 0, with finite gradients (zero there, 1 / m on the ramp).
 
     For a normaliser with weights proportional to exp(scores) (softmax), normalising scores + log m equals multiplying
-    the weights by m and renormalising: one fused pass instead of three, and exact (no eps in the division).
+    the weights by m and renormalising: one fused pass instead of three, and exact (no eps).
     """
     return torch.where(mask > 0, mask.clamp_min(torch.finfo(mask.dtype).tiny).log(), float("-inf"))
 
 
-def renormalize(weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """w / (sum_j w_j + eps) over the last dim: rows re-sum to ~1 after the span mask; all-zero rows stay zero."""
-    return weights / (weights.sum(dim=-1, keepdim=True) + eps)
+def renormalize(weights: torch.Tensor) -> torch.Tensor:
+    """w / sum_j w_j over the last dim: rows re-sum to 1 after the span mask; all-zero rows stay zero.
+
+    The paper's code divides by sum + eps to guard all-zero rows; here their sum is replaced by 1 instead, which
+    keeps the gradient finite in fp16 (1 / eps overflows there) and every other row exact. The sum is taken in
+    float32 for fp16/bf16 weights.
+    """
+    half = weights.dtype in (torch.float16, torch.bfloat16)
+    total = weights.sum(dim=-1, keepdim=True, dtype=torch.float32 if half else None)
+    return (weights / total.masked_fill(total == 0, 1.0)).to(weights.dtype)
 
 
 def keys_needed(max_span: float, ramp: float, length: int) -> int:

@@ -7,9 +7,10 @@ called after each optimizer step: the forward never mutates parameters (it reads
 
 Span penalty (section 3.1: coefficient * S * mean(z') per layer, added to the per-token loss in training only): rather
 than adding a term to a loss that each criterion normalises its own way, :meth:`AdaptiveSpan.attach_penalty` adds
-the penalty's gradient, coefficient * sample_size * d mean(z) / dz, to the spans during backward. The trainer later
-divides every gradient by the batch's total sample size, leaving exactly coefficient * d mean(z) / dz per layer,
-whatever the batch size, the number of workers or the gradient accumulation.
+the penalty's gradient, coefficient * W * d mean(z) / dz with W the loss's weight on this batch's tokens, to the
+spans during backward. The trainer later divides every gradient by the batch's total sample size (tokens), leaving
+exactly coefficient * d mean(z) / dz per layer, whatever the batch size, the number of workers, the gradient
+accumulation or the fp16 loss scale.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class AdaptiveSpan(nn.Module):
         self.num_heads, self.max_span, self.ramp, self.dynamic = num_heads, max_span, ramp, dynamic
         self.init_span, self.loss_coefficient = float(init_span), float(loss_coefficient)
         self.sample_size = 0.0  # this batch's criterion normaliser, set by the model (see attach_penalty)
-        self.loss_scale = 1.0  # fp16 / amp loss scale of this backward, set by the model during backward
+        self.loss_weight: LossWeight | None = None  # this forward's token weight in the loss, measured in backward
         if dynamic:
             self.span_proj = nn.Linear(embed_dim, num_heads)  # v and b of z_t = S sigmoid(v . x_t + b), per head
         else:
@@ -84,7 +85,7 @@ class AdaptiveSpan(nn.Module):
 
     def forward(self, weights: torch.Tensor, causal: bool, query_offset: int = 0, key_offset: int = 0,
                 spans: torch.Tensor | None = None, renorm: bool = True) -> torch.Tensor:
-        """weights (bsz, num_heads, tgt_len, src_len) * m, then divided by the row sum + 1e-8 if ``renorm``."""
+        """weights (bsz, num_heads, tgt_len, src_len) * m, then divided by the row sum if ``renorm``."""
         tgt_len, src_len = weights.shape[-2:]
         mask = self.soft_mask(tgt_len, src_len, causal, query_offset, key_offset, spans)  # (.., H, T, S)
         return self.apply_mask(weights, mask, renorm)  # (bsz, num_heads, tgt_len, src_len)
@@ -104,32 +105,36 @@ class AdaptiveSpan(nn.Module):
         for ReLA). For an ``exp_family`` normalizer (softmax) that equals normalising scores + log m: one pass.
         """
         if renorm and getattr(normalizer, "exp_family", False):
-            return _normalize_rows(normalizer, scores + log_soft_mask(soft).to(scores.dtype))
+            log_m = log_soft_mask(soft.to(torch.promote_types(soft.dtype, scores.dtype)))  # log in the finer dtype
+            return _normalize_rows(normalizer, scores + log_m.to(scores.dtype))
         off_span = torch.zeros(soft.shape, dtype=scores.dtype, device=scores.device).masked_fill_(soft == 0, -math.inf)
         weights = _normalize_rows(normalizer, scores + off_span)  # keys with m = 0 are -inf: masked
         return self.apply_mask(weights, soft, renorm)
 
     @staticmethod
     def apply_mask(weights: torch.Tensor, mask: torch.Tensor, renorm: bool = True) -> torch.Tensor:
-        """weights * m, divided by the row sum + 1e-8 if ``renorm``; weights (bsz, H, T, W), m broadcastable."""
+        """weights * m, divided by the row sum if ``renorm`` (all-zero rows stay 0); weights (bsz, H, T, W), m
+        broadcastable."""
         out = (weights * mask).to(weights.dtype)
         return renormalize(out) if renorm else out
 
     def attach_penalty(self, spans: torch.Tensor, sample_size: float | None = None) -> None:
-        """During backward, add coefficient * sample_size * d mean(spans) / d spans to the gradient of ``spans``.
+        """During backward, add coefficient * W * d mean(spans) / d spans to the gradient of ``spans``.
 
-        ``spans`` are the ones this forward used (:meth:`spans`); ``sample_size`` is this batch's share of the
-        criterion's normaliser (target tokens, or sentences with --sentence-avg). After fairseq divides the summed
-        gradients by the total sample size, z' receives coefficient * S / num_heads per layer, the gradient of
-        coefficient * S * mean(z'). Nothing is attached outside autograd or with a zero coefficient.
-        ``sample_size`` defaults to :attr:`sample_size`, which the model sets before each training forward. The
-        gradient is multiplied by :attr:`loss_scale` as it is when the hook runs: fp16 and amp training scale the loss
-        (and so every other gradient) before backward and unscale after it.
+        ``spans`` are the ones this forward used (:meth:`spans`). W is the weight the loss gives this forward's
+        tokens, as measured during backward in :attr:`loss_weight` (see modules/span_training.py): the penalty then
+        acts as if added to every token's loss, through any loss scaling (fp16, amp) or ignored batch. Without a
+        measurement, W is ``sample_size`` (default :attr:`sample_size`): this batch's share of the criterion's
+        normaliser. After fairseq divides the summed gradients by the total sample size (tokens), z' receives
+        coefficient * S / num_heads per layer, the gradient of coefficient * S * mean(z'). Nothing is attached
+        outside autograd or with a zero coefficient.
         """
         sample_size = self.sample_size if sample_size is None else sample_size
         if self.loss_coefficient > 0 and spans.requires_grad and torch.is_grad_enabled():
-            extra = self.loss_coefficient * float(sample_size) / spans.numel()  # d mean(z) / dz_i = 1 / numel
-            spans.register_hook(lambda grad: grad + extra * self.loss_scale)
+            per_entry = self.loss_coefficient / spans.numel()  # d mean(z) / dz_i = 1 / numel
+            measured = self.loss_weight  # this forward's record; read when the hook runs
+            spans.register_hook(lambda grad: grad + per_entry * (
+                measured.value if measured is not None and measured.value is not None else float(sample_size)))
 
     def span_loss(self, spans: torch.Tensor | None = None) -> torch.Tensor:
         """S * mean(z') (static), or the mean dynamic span in tokens (pass the spans used in the forward)."""
@@ -163,6 +168,17 @@ class AdaptiveSpan(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}, "
                 f"loss_coefficient={self.loss_coefficient}")
+
+
+class LossWeight:
+    """The weight a loss gives one forward's tokens, summed during backward (None until measured): the number of
+    target tokens, times any loss scale (fp16, amp), 0 for a batch whose loss is ignored."""
+
+    def __init__(self):
+        self.value: torch.Tensor | None = None
+
+    def add(self, weight: torch.Tensor) -> None:
+        self.value = weight if self.value is None else self.value + weight
 
 
 def _normalize_rows(normalizer: nn.Module, scores: torch.Tensor) -> torch.Tensor:

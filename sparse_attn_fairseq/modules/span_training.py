@@ -1,21 +1,19 @@
 """Training hooks of the adaptive-span models (Sukhbaatar et al., ACL 2019): span penalty and clamping.
 
 Span penalty. The paper adds coefficient * S * mean(z') per layer to the per-token loss. fairseq's criteria return a
-*summed* loss and the trainer divides all gradients by the batch's total sample size (target tokens, or sentences
-with --sentence-avg) after backward and after summing over workers and accumulated batches. A term added to the
-loss would need the same scaling, and stock criteria cannot add it. So before each training forward the model
-records this batch's sample size, and each layer's AdaptiveSpan adds coefficient * sample_size * d mean(z) / dz to
-its spans' gradient during backward (``AdaptiveSpan.attach_penalty``). After fairseq's division every z' receives
-exactly coefficient * S / num_heads, the gradient of the paper's term: independent of batch size, number of workers
-and --update-freq, with any criterion that normalises by tokens or sentences (cross_entropy,
-label_smoothed_cross_entropy, adaptive_loss, ...). The reported loss excludes the penalty.
-
-Loss scaling. fp16 and amp training multiply the loss by a scale before backward and divide every gradient by it
-after; the added gradient must be scaled too. The model's ``get_normalized_probs`` passes the log-probabilities
-through an identity whose backward reads the scale: NLL-type criteria (cross_entropy, label_smoothed_cross_entropy)
-put gradients summing to -1 on each target token's log-probabilities, so their sum is -scale * tokens. fairseq's
-scales are powers of two; the estimate is rounded to one. Criteria that never call ``get_normalized_probs``
-(adaptive_loss) leave the scale at 1, which is right without fp16.
+*summed* loss, which fp16 and amp training multiply by a loss scale before backward, and the trainer divides all
+gradients by the scale and by the batch's total sample size (target tokens, or sentences with --sentence-avg). A
+term added to the loss would need all of that, and stock criteria cannot add it. So each layer's AdaptiveSpan adds
+coefficient * W * d mean(z) / dz to its spans' gradient during backward (``AdaptiveSpan.attach_penalty``), where W
+is the weight the loss gives this batch's tokens, measured in backward: the model's ``get_normalized_probs`` passes
+the training log-probabilities through an identity whose backward sums their gradient. NLL-type criteria
+(cross_entropy, label_smoothed_cross_entropy) put gradients summing to -1 on each target token's log-probabilities,
+so W = -sum is the number of tokens in the loss, times the loss scale, and 0 for fairseq's ignored (dummy) batches.
+The result is exactly the gradient of the paper's term added to every token's loss: after fairseq's division every
+z' receives coefficient * S / num_heads (per token; with --sentence-avg the penalty, like the data term, is summed
+over each sentence's tokens), independent of batch size, workers, --update-freq and loss scaling. Criteria that
+never call ``get_normalized_probs`` (adaptive_loss) fall back to the batch's sample size recorded before the
+forward, which is right without fp16. The reported loss excludes the penalty.
 
 Clamping. fairseq calls ``model.set_num_updates`` before every training step (``FairseqTask.train_step``), i.e.
 after each optimizer update, and when a checkpoint is loaded: z' is clamped to [0, 1] there. Forward passes read z'
@@ -24,33 +22,30 @@ clamped (without writing it), so a checkpoint saved right after an update also b
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 import torch
 from torch import Tensor, nn
 
-from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
+from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan, LossWeight
 
 
 def span_modules(model: nn.Module) -> List[AdaptiveSpan]:
     return [m for m in model.modules() if isinstance(m, AdaptiveSpan)]
 
 
-class _LossScaleProbe(torch.autograd.Function):
-    """Identity on log-probabilities (bsz, tgt_len, vocab); backward reports the loss scale to ``on_scale``."""
+class _LossWeightProbe(torch.autograd.Function):
+    """Identity on log-probabilities (bsz, tgt_len, vocab); backward adds -sum(grad) to a LossWeight (no sync)."""
 
     @staticmethod
-    def forward(ctx, lprobs: Tensor, tokens: int, on_scale) -> Tensor:
-        ctx.tokens, ctx.on_scale = tokens, on_scale
+    def forward(ctx, lprobs: Tensor, record: LossWeight) -> Tensor:
+        ctx.record = record
         return lprobs.view_as(lprobs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        estimate = -float(grad.float().sum()) / ctx.tokens  # loss scale: each target token's gradients sum to -scale
-        if estimate > 0 and math.isfinite(estimate):
-            ctx.on_scale(2.0 ** round(math.log2(estimate)))
-        return grad, None, None
+        ctx.record.add(-grad.sum(dtype=torch.float32))
+        return grad, None
 
 
 class AdaptiveSpanTraining:
@@ -59,28 +54,26 @@ class AdaptiveSpanTraining:
     span_sentence_avg = False
 
     def set_span_sample_size(self, tokens: Tensor, pad: int) -> None:
-        """Record this batch's criterion normaliser from the decoder input (bsz, tgt_len): its non-pad tokens
-        (the target tokens: same count), or its sentences with --sentence-avg."""
+        """Before a training forward: record the batch's criterion normaliser from the decoder input (bsz, tgt_len),
+        its non-pad tokens (the target tokens: same count) or its sentences with --sentence-avg, and start this
+        forward's loss-weight record."""
         if not self.training:
             return
-        self.span_tokens = int(tokens.ne(pad).sum())
-        sample_size = tokens.size(0) if self.span_sentence_avg else self.span_tokens
+        sample_size = tokens.size(0) if self.span_sentence_avg else int(tokens.ne(pad).sum())
+        self.span_loss_weight = LossWeight()
         for span in span_modules(self):
-            span.sample_size, span.loss_scale = float(sample_size), 1.0
+            span.sample_size, span.loss_weight = float(sample_size), self.span_loss_weight
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
-        """fairseq's, with the loss-scale probe on training log-probabilities when a span penalty is active."""
+        """fairseq's, with the loss-weight probe on training log-probabilities when a span penalty is active."""
         probs = super().get_normalized_probs(net_output, log_probs, sample)
-        spans = span_modules(self)
-        penalized = any(span.loss_coefficient > 0 for span in spans)
-        if self.training and log_probs and probs.requires_grad and penalized and getattr(self, "span_tokens", 0) > 0:
-            probs = _LossScaleProbe.apply(probs, self.span_tokens, lambda scale: self._set_loss_scale(spans, scale))
+        record = getattr(self, "span_loss_weight", None)
+        if self.training and log_probs and record is not None and probs.requires_grad and self._span_penalized():
+            probs = _LossWeightProbe.apply(probs, record)
         return probs
 
-    @staticmethod
-    def _set_loss_scale(spans: List[AdaptiveSpan], scale: float) -> None:
-        for span in spans:
-            span.loss_scale = scale
+    def _span_penalized(self) -> bool:
+        return any(span.loss_coefficient > 0 for span in span_modules(self))
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)

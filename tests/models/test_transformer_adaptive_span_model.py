@@ -48,8 +48,10 @@ def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path):
 
 
 def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0, loss_scale=1.0):
-    """z' gradients after fairseq's normalisation (divide by the sample size), from a real criterion; the loss is
-    multiplied by ``loss_scale`` before backward and the gradients divided after, as fp16 and amp training do."""
+    """z' gradients after fairseq's normalisation (divide by the sample size), per target token (the penalty acts
+    as if added to each token's loss; with --sentence-avg the sample size is sentences), from a real criterion. The
+    loss is multiplied by ``loss_scale`` before backward and the gradients divided after, as fp16 and amp training
+    do; a scale of 0 is fairseq's ignored (dummy) batch."""
     flags = [*SHORT_SPANS, "--adaptive-span-loss", str(coefficient), *NO_DROPOUT]
     model, task = build("transformer_adaptive_span", *flags, *(["--sentence-avg"] if sentence_avg else []))
     task.target_dictionary = task.source_dictionary
@@ -63,7 +65,8 @@ def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed
     model.train()
     loss, sample_size, _ = criterion(model, sample)
     (loss * loss_scale).backward()
-    return [span.span_frac.grad / loss_scale / sample_size for span in _spans(model)]
+    tokens_per_sample = sample["ntokens"] / sample_size  # 1, or tokens per sentence with --sentence-avg
+    return [span.span_frac.grad / loss_scale / sample_size / tokens_per_sample for span in _spans(model)]
 
 
 @pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
@@ -78,14 +81,28 @@ def test_span_penalty_gradient_is_independent_of_batch_size(criterion_cls, sente
 
 
 @pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
-@pytest.mark.parametrize("loss_scale", [128.0, 2.0**15])
+@pytest.mark.parametrize("loss_scale", [128.0, 2.0**15, 100.0])
 def test_span_penalty_gradient_survives_fp16_loss_scaling(criterion_cls, loss_scale):
-    """fp16 / amp scale the loss before backward and unscale every gradient after: the penalty must be scaled too."""
+    """fp16 / amp scale the loss before backward and unscale every gradient after: the penalty must be scaled too
+    (100: --fp16-init-scale need not be a power of two)."""
     coefficient, max_span, heads = 0.05, 8, 2
     with_penalty = _penalty_gradients(coefficient, criterion_cls, 3, loss_scale=loss_scale)
     without = _penalty_gradients(0.0, criterion_cls, 3, loss_scale=loss_scale)
     for a, b in zip(with_penalty, without):
         assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (loss_scale, a - b)
+
+
+def test_no_span_penalty_on_an_ignored_batch():
+    """fairseq trains dummy batches with their loss multiplied by 0: no gradient at all may come out of them."""
+    flags = [*SHORT_SPANS, "--adaptive-span-loss", "0.05", *NO_DROPOUT]
+    model, task = build("transformer_adaptive_span", *flags)
+    task.target_dictionary = task.source_dictionary
+    src, lengths, prev = random_batch(task, bsz=3, tgt_len=6)
+    sample = {"net_input": {"src_tokens": src, "src_lengths": lengths, "prev_output_tokens": prev},
+              "target": torch.roll(prev, -1, dims=1), "ntokens": prev.numel(), "nsentences": 3}
+    loss, _, _ = LabelSmoothedCrossEntropyCriterion(task, False, 0.1)(model.train(), sample)
+    (loss * 0.0).backward()
+    assert all(torch.equal(span.span_frac.grad, torch.zeros_like(span.span_frac)) for span in _spans(model))
 
 
 def test_no_penalty_in_eval_and_clamp_after_update():

@@ -101,3 +101,23 @@ def test_softmax_span_equals_papers_mask_after_softmax():
         k = attention._split_heads(attention.k_proj(x))
         paper = attention.span(torch.softmax(q @ k.transpose(-1, -2), -1), causal=False)
     assert (ours - paper).abs().max() <= BAND_ATOL
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "entmax15", "sparsemax"])
+@pytest.mark.parametrize("banded", [False, True])
+def test_half_precision_rows_without_keys_stay_finite(normalizer, banded):
+    """fp16 (as under --fp16 / --amp): rows whose keys all lie outside the span or are padding (left padding longer
+    than the window; padded band rows) must give zeros, not 0/0 = NaN, in forward and backward."""
+    length, spans = 100, torch.tensor([0.25, 0.125, 0.0625, 0.0])
+    torch.manual_seed(0)
+    span = AdaptiveSpan(HEADS, max_span=length, ramp=3)
+    attention = SparseMultiheadAttention(EMBED, HEADS, build_normalizer(normalizer, HEADS), self_attention=True,
+                                         span=span).half().train()
+    with torch.no_grad():
+        span.span_frac.copy_(spans)
+    attention.span_banding = banded
+    x = torch.randn(length, 2, EMBED).half().requires_grad_(True)
+    padding = torch.arange(length)[None].expand(2, length) < torch.tensor([[0], [40]])  # sentence 2: 40 left pads
+    out, _ = attention(x, x, x, key_padding_mask=padding)
+    out.float().sum().backward()
+    assert not out.isnan().any() and not x.grad.isnan().any()

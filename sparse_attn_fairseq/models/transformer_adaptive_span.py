@@ -27,12 +27,6 @@ class TransformerAdaptiveSpanModel(AdaptiveSpanTraining, SparseTransformerModel)
     attention_method = SPAN
     attention_span = True
 
-    @classmethod
-    def build_model(cls, args, task):
-        model = super().build_model(args, task)
-        model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
-        return model
-
     def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens: bool = True,
                 features_only: bool = False, alignment_layer=None, alignment_heads=None):
         self.set_span_sample_size(prev_output_tokens, self.decoder.padding_idx)
@@ -51,12 +45,6 @@ class TransformerAdaptiveSpanLanguageModel(AdaptiveSpanTraining, SparseTransform
 
     attention_method = SPAN
     attention_span = True
-
-    @classmethod
-    def build_model(cls, args, task):
-        model = super().build_model(args, task)
-        model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
-        return model
 
     def forward(self, src_tokens, **kwargs):
         self.set_span_sample_size(src_tokens, self.decoder.padding_idx)

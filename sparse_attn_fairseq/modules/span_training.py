@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import List
 
 import torch
+from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan, LossWeight
@@ -49,9 +50,16 @@ class _LossWeightProbe(torch.autograd.Function):
 
 
 class AdaptiveSpanTraining:
-    """Mixin for a fairseq model with adaptive spans; set ``span_sentence_avg`` (the criterion's --sentence-avg)."""
+    """Mixin for a fairseq model with adaptive spans (list it before the fairseq model class)."""
 
     span_sentence_avg = False
+
+    @classmethod
+    def build_model(cls, args, task):
+        """The model's own build_model, then ``span_sentence_avg`` from the flags (absent from an LM's config)."""
+        model = super().build_model(args, task)
+        model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
+        return model
 
     def set_span_sample_size(self, tokens: Tensor, pad: int) -> None:
         """Before a training forward: record the batch's criterion normaliser from the decoder input (bsz, tgt_len),

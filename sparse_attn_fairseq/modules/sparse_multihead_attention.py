@@ -37,6 +37,7 @@ from sparse_attn_fairseq.functional.span import span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+_WIDEST_BAND = 1.5  # a full pass uses the band while it is narrower than this many sequence lengths
 
 
 @with_incremental_state
@@ -184,7 +185,9 @@ class SparseMultiheadAttention(nn.Module):
         if spans is None or not self.span_banding or incremental_state is not None or tgt_len != src_len:
             return None
         band = make_band(src_len, self.span.keys_needed(src_len, spans), self.causal)
-        return band if band.width < src_len else None  # no saving: the plain path is simpler and as fast
+        # The full path builds the span mask over every query-key pair: ~3.5x plain attention at 2048 tokens, so a
+        # band somewhat wider than the sequence still wins (measured: 1.1-1.3 lengths faster, 1.9 slower).
+        return band if band.width < _WIDEST_BAND * src_len else None
 
     def _full_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
                       spans: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
@@ -194,11 +197,23 @@ class SparseMultiheadAttention(nn.Module):
         if spans is None:
             return self.normalizer(scores, mask), mask
         tgt_len, src_len = scores.shape[-2:]
+        if float(spans.detach().min()) >= src_len - 1:  # z >= every distance: m is 1 wherever a key may be seen
+            mask = self._future_mask(mask, tgt_len, src_len, scores.device) if self.causal else mask
+            return self.normalizer(scores, mask), mask
         # queries are the last tgt_len keys (self-attention; incremental: the cache ends at the current step)
         dist = span_distances(tgt_len, src_len, self.causal, query_offset=src_len - tgt_len, device=scores.device)
         soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
         weights = self.span.normalize(self.normalizer, fill_masked(scores, mask), soft, self.renormalize_span)
         return weights, self._stats_mask(mask, soft)
+
+    @staticmethod
+    def _future_mask(mask: Optional[Tensor], tgt_len: int, src_len: int, device) -> Optional[Tensor]:
+        """``mask`` or-ed with the keys after each query (queries are the last tgt_len keys); None if there are none."""
+        if tgt_len == 1:
+            return mask
+        query = torch.arange(src_len - tgt_len, src_len, device=device)[:, None]  # (tgt_len, 1)
+        future = torch.arange(src_len, device=device) > query  # (tgt_len, src_len)
+        return future if mask is None else mask | future
 
     def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
                       spans: Tensor, band: Band) -> Tuple[Tensor, Optional[Tensor]]:

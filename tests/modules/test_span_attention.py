@@ -121,3 +121,23 @@ def test_half_precision_rows_without_keys_stay_finite(normalizer, banded):
     out, _ = attention(x, x, x, key_padding_mask=padding)
     out.float().sum().backward()
     assert not out.isnan().any() and not x.grad.isnan().any()
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "entmax15", "rela"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_spans_covering_every_distance_equal_the_masked_computation(normalizer, causal):
+    """Spans >= length - 1 make m = 1 on every key a query may see (a shortcut skips the mask): the result must
+    still equal the normaliser with m applied explicitly, future keys masked when causal (no attn_mask given)."""
+    attention = _span_attention(normalizer, causal)
+    with torch.no_grad():
+        attention.span.span_frac.copy_(torch.tensor([1.0, 1.0, 0.99, (LENGTH - 1) / LENGTH]))
+    x = torch.randn(LENGTH, 2, EMBED)
+    with torch.no_grad():
+        ours = attention(x, x, x, need_head_weights=True)[1].transpose(0, 1)  # (bsz, H, T, S)
+        q = attention._split_heads(attention.q_proj(x) * attention.scaling)
+        k = attention._split_heads(attention.k_proj(x))
+        soft = attention.span.soft_mask(LENGTH, LENGTH, causal)  # (H, T, S): 1 on the allowed keys, 0 on future ones
+        reference = attention.normalizer(q @ k.transpose(-1, -2), soft == 0) * soft
+        if normalizer != "rela":
+            reference = reference / reference.sum(-1, keepdim=True)
+    assert (ours - reference).abs().max() <= BAND_ATOL

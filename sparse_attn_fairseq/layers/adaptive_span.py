@@ -118,7 +118,8 @@ class AdaptiveSpan(nn.Module):
         out = (weights * mask).to(weights.dtype)
         return renormalize(out) if renorm else out
 
-    def attach_penalty(self, spans: torch.Tensor, sample_size: float | None = None) -> None:
+    def attach_penalty(self, spans: torch.Tensor, sample_size: float | None = None,
+                       padding: torch.Tensor | None = None) -> None:
         """During backward, add coefficient * W * d mean(spans) / d spans to the gradient of ``spans``.
 
         ``spans`` are the ones this forward used (:meth:`spans`). W is the weight the loss gives this forward's
@@ -126,12 +127,16 @@ class AdaptiveSpan(nn.Module):
         acts as if added to every token's loss, through any loss scaling (fp16, amp) or ignored batch. Without a
         measurement, W is ``sample_size`` (default :attr:`sample_size`): this batch's share of the criterion's
         normaliser. After fairseq divides the summed gradients by the total sample size (tokens), z' receives
-        coefficient * S / num_heads per layer, the gradient of coefficient * S * mean(z'). Nothing is attached
-        outside autograd or with a zero coefficient.
+        coefficient * S / num_heads per layer, the gradient of coefficient * S * mean(z'). Dynamic spans
+        (bsz, H, tgt_len) average over the real tokens only when ``padding`` (bsz, tgt_len), True = pad, is given.
+        Nothing is attached outside autograd or with a zero coefficient.
         """
         sample_size = self.sample_size if sample_size is None else sample_size
         if self.loss_coefficient > 0 and spans.requires_grad and torch.is_grad_enabled():
             per_entry = self.loss_coefficient / spans.numel()  # d mean(z) / dz_i = 1 / numel
+            if padding is not None and spans.ndim == 3:  # mean over the real tokens: pads get nothing
+                real = (~padding.to(torch.bool)).to(spans.dtype)[:, None, :]  # (bsz, 1, tgt_len)
+                per_entry = self.loss_coefficient * real / (real.sum() * spans.shape[1]).clamp_min(1.0)
             measured = self.loss_weight  # this forward's record; read when the hook runs
             spans.register_hook(lambda grad: grad + per_entry * (
                 measured.value if measured is not None and measured.value is not None else float(sample_size)))

@@ -153,7 +153,7 @@ class SparseMultiheadAttention(nn.Module):
         if before_softmax:
             return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
                                                v)
-        spans = self._spans(query)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
+        spans = self._spans(query, key_padding_mask)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
         band = self._band(spans, tgt_len, k.size(2), incremental_state)
         if band is None:
             weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans)  # (bsz, H, tgt, src)
@@ -171,13 +171,15 @@ class SparseMultiheadAttention(nn.Module):
 
     # ----- adaptive span: spans, band choice, full and banded weights -----
 
-    def _spans(self, query: Tensor) -> Optional[Tensor]:
-        """This forward's spans; in training the span penalty's gradient is attached to them (layers/adaptive_span)."""
+    def _spans(self, query: Tensor, padding: Optional[Tensor] = None) -> Optional[Tensor]:
+        """This forward's spans; in training the span penalty's gradient is attached to them (layers/adaptive_span),
+        averaged over the real query tokens (self-attention: the key padding mask is the query's)."""
         if self.span is None:
             return None
         spans = self.span.spans(query if self.span.dynamic else None)  # (H,) or (bsz, H, tgt_len)
         if self.training:
-            self.span.attach_penalty(spans)
+            self.span.attach_penalty(spans, padding=padding if padding is not None and
+                                     padding.shape == (query.size(1), query.size(0)) else None)
         return spans
 
     def _band(self, spans: Optional[Tensor], tgt_len: int, src_len: int, incremental_state) -> Optional[Band]:

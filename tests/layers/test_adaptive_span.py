@@ -100,3 +100,16 @@ def test_softmax_with_log_mask_equals_mask_then_renormalise(causal, dynamic):
     assert max_err(g_log, g_mul) <= 1e-10 and max_err(s_log, s_mul) <= 1e-10
     assert s_log.abs().sum() > 0
     assert (w_log == 0).any()  # keys outside the span get exact zeros
+
+
+def test_dynamic_span_penalty_averages_over_real_tokens_only():
+    """Padded query positions get no penalty gradient; the real ones share coefficient * W / (H * real tokens)."""
+    span = AdaptiveSpan(num_heads=2, max_span=10, ramp=2, dynamic=True, embed_dim=3, loss_coefficient=0.5)
+    span.sample_size = 12.0  # W without a measured loss weight
+    spans = span.spans(torch.randn(4, 2, 3))  # (bsz=2, H=2, tgt_len=4)
+    spans.retain_grad()
+    padding = torch.tensor([[False, False, False, True], [False, False, True, True]])  # 5 real tokens
+    span.attach_penalty(spans, padding=padding)
+    (spans * 0).sum().backward()
+    expected = 0.5 * 12.0 / (2 * 5) * (~padding).float()[:, None, :].expand(2, 2, 4)
+    assert torch.allclose(spans.grad, expected)

@@ -92,6 +92,26 @@ def log_soft_mask(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, mask.clamp_min(torch.finfo(mask.dtype).tiny).log(), float("-inf"))
 
 
+class _ZeroGradThrough(torch.autograd.Function):
+    """x unchanged; ``spans`` join the graph with a zero gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        ctx.spans_shape, ctx.spans_dtype = spans.shape, spans.dtype
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, grad.new_zeros(ctx.spans_shape, dtype=ctx.spans_dtype)
+
+
+def keep_spans_in_graph(x: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """x, with ``spans`` in its autograd graph at zero gradient: where every span mask is 1 (spans past every
+    distance) the spans' true gradient is 0, but their hooks (the span penalty) must still run and distributed
+    training must still see their parameters used."""
+    return _ZeroGradThrough.apply(x, spans) if spans.requires_grad and torch.is_grad_enabled() else x
+
+
 def renormalize(weights: torch.Tensor) -> torch.Tensor:
     """w / sum_j w_j over the last dim: rows re-sum to 1 after the span mask; all-zero rows stay zero.
 

@@ -12,7 +12,7 @@ so W = -sum is the number of tokens in the loss, times the loss scale, and 0 for
 The result is exactly the gradient of the paper's term added to every token's loss: after fairseq's division every
 z' receives coefficient * S / num_heads (per token; with --sentence-avg the penalty, like the data term, is summed
 over each sentence's tokens), independent of batch size, workers, --update-freq and loss scaling. Criteria that
-never call ``get_normalized_probs`` (adaptive_loss) fall back to the batch's sample size recorded before the
+never call ``get_normalized_probs`` (adaptive_loss) fall back to the batch's target tokens counted before the
 forward, which is right without fp16. The reported loss excludes the penalty.
 
 Clamping. fairseq calls ``model.set_num_updates`` before every training step (``FairseqTask.train_step``), i.e.
@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from fairseq.utils import safe_getattr
 from torch import Tensor, nn
 
 from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan, LossWeight
@@ -52,22 +51,13 @@ class _LossWeightProbe(torch.autograd.Function):
 class AdaptiveSpanTraining:
     """Mixin for a fairseq model with adaptive spans (list it before the fairseq model class)."""
 
-    span_sentence_avg = False
-
-    @classmethod
-    def build_model(cls, args, task):
-        """The model's own build_model, then ``span_sentence_avg`` from the flags (absent from an LM's config)."""
-        model = super().build_model(args, task)
-        model.span_sentence_avg = bool(safe_getattr(args, "sentence_avg", False))
-        return model
-
     def set_span_sample_size(self, tokens: Tensor, pad: int) -> None:
-        """Before a training forward: record the batch's criterion normaliser from the decoder input (bsz, tgt_len),
-        its non-pad tokens (the target tokens: same count) or its sentences with --sentence-avg, and start this
-        forward's loss-weight record."""
+        """Before a training forward: record the batch's target tokens (the non-pad tokens of the decoder input
+        (bsz, tgt_len): same count), the penalty's weight if the loss's is not measured, and start this forward's
+        loss-weight record."""
         if not self.training:
             return
-        sample_size = tokens.size(0) if self.span_sentence_avg else int(tokens.ne(pad).sum())
+        sample_size = int(tokens.ne(pad).sum())
         self.span_loss_weight = LossWeight()
         for span in span_modules(self):
             span.sample_size, span.loss_weight = float(sample_size), self.span_loss_weight

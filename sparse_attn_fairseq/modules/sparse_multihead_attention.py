@@ -33,7 +33,7 @@ from sparse_attn_fairseq.functional.banded import (
     Band, band_gather_keys, band_gather_rows, band_mix, band_scores, make_band, unband,
 )
 from sparse_attn_fairseq.functional.masking import fill_masked, split_attn_mask
-from sparse_attn_fairseq.functional.span import span_distances
+from sparse_attn_fairseq.functional.span import keep_spans_in_graph, span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
@@ -154,9 +154,10 @@ class SparseMultiheadAttention(nn.Module):
             return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
                                                v)
         spans = self._spans(query, key_padding_mask)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
-        band = self._band(spans, tgt_len, k.size(2), incremental_state)
+        covering = spans is not None and float(spans.detach().min()) >= k.size(2) - 1  # m = 1 on every key
+        band = None if covering else self._band(spans, tgt_len, k.size(2), incremental_state)
         if band is None:
-            weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans)  # (bsz, H, tgt, src)
+            weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans, covering)  # (bsz, H, T, S)
         else:
             weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, nb, block, W)
         if self.stats_key is not None and incremental_state is None:
@@ -192,16 +193,19 @@ class SparseMultiheadAttention(nn.Module):
         return band if band.width < _WIDEST_BAND * src_len else None
 
     def _full_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
-                      spans: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask of keys they exclude (or None)."""
+                      spans: Optional[Tensor], covering: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask of keys they exclude (or None).
+
+        ``covering``: every span reaches every distance (z >= src_len - 1), so the span mask is 1 wherever a key may
+        be seen and is skipped (future keys are still masked for a causal span)."""
         scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
         scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
         if spans is None:
             return self.normalizer(scores, mask), mask
         tgt_len, src_len = scores.shape[-2:]
-        if float(spans.detach().min()) >= src_len - 1:  # z >= every distance: m is 1 wherever a key may be seen
+        if covering:
             mask = self._future_mask(mask, tgt_len, src_len, scores.device) if self.causal else mask
-            return self.normalizer(scores, mask), mask
+            return keep_spans_in_graph(self.normalizer(scores, mask), spans), mask
         # queries are the last tgt_len keys (self-attention; incremental: the cache ends at the current step)
         dist = span_distances(tgt_len, src_len, self.causal, query_offset=src_len - tgt_len, device=scores.device)
         soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)

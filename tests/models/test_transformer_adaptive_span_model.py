@@ -47,12 +47,13 @@ def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path):
     assert train_equals_eval_after_loading("transformer_adaptive_span", tmp_path, *SHORT_SPANS) <= SAME
 
 
-def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0, loss_scale=1.0):
+def _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg=False, seed=0, loss_scale=1.0,
+                       span_flags=SHORT_SPANS):
     """z' gradients after fairseq's normalisation (divide by the sample size), per target token (the penalty acts
     as if added to each token's loss; with --sentence-avg the sample size is sentences), from a real criterion. The
     loss is multiplied by ``loss_scale`` before backward and the gradients divided after, as fp16 and amp training
     do; a scale of 0 is fairseq's ignored (dummy) batch."""
-    flags = [*SHORT_SPANS, "--adaptive-span-loss", str(coefficient), *NO_DROPOUT]
+    flags = [*span_flags, "--adaptive-span-loss", str(coefficient), *NO_DROPOUT]
     model, task = build("transformer_adaptive_span", *flags, *(["--sentence-avg"] if sentence_avg else []))
     task.target_dictionary = task.source_dictionary
     src, lengths, prev = random_batch(task, bsz=bsz, tgt_len=5 + bsz, seed=seed)
@@ -90,6 +91,18 @@ def test_span_penalty_gradient_survives_fp16_loss_scaling(criterion_cls, loss_sc
     without = _penalty_gradients(0.0, criterion_cls, 3, loss_scale=loss_scale)
     for a, b in zip(with_penalty, without):
         assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (loss_scale, a - b)
+
+
+def test_span_penalty_reaches_spans_that_cover_the_whole_sentence():
+    """Spans past every distance skip the mask (m = 1 everywhere); their penalty gradient must still arrive, and
+    their parameters must stay in the graph (distributed training fails on unused parameters)."""
+    covering = ["--adaptive-span-max", "64", "--adaptive-span-ramp", "2", "--adaptive-span-init", "1.0"]
+    coefficient, max_span, heads = 0.05, 64, 2
+    with_penalty = _penalty_gradients(coefficient, CrossEntropyCriterion, 3, span_flags=covering)
+    without = _penalty_gradients(0.0, CrossEntropyCriterion, 3, span_flags=covering)
+    for a, b in zip(with_penalty, without):
+        assert torch.equal(b, torch.zeros_like(b))  # m = 1 on every key: no data gradient
+        assert torch.allclose(a, torch.full_like(a, coefficient * max_span / heads), atol=1e-6)
 
 
 def test_no_span_penalty_on_an_ignored_batch():

@@ -217,9 +217,8 @@ class SparseMultiheadAttention(nn.Module):
         """``mask`` or-ed with the keys after each query (queries are the last tgt_len keys); None if there are none."""
         if tgt_len == 1:
             return mask
-        query = torch.arange(src_len - tgt_len, src_len, device=device)[:, None]  # (tgt_len, 1)
-        future = torch.arange(src_len, device=device) > query  # (tgt_len, src_len)
-        return future if mask is None else mask | future
+        future = span_distances(tgt_len, src_len, True, query_offset=src_len - tgt_len, device=device) < 0
+        return future if mask is None else mask | future  # (tgt_len, src_len)
 
     def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
                       spans: Tensor, band: Band) -> Tuple[Tensor, Optional[Tensor]]:

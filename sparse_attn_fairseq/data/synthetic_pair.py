@@ -11,7 +11,10 @@ pairs do, so attention has something to learn:
 
 Gold alignments are written in Pharaoh format (``i-j``: source index i, target index j, 0-based).
 
-Usage: python -m sparse_attn_fairseq.data.synthetic_pair OUT_DIR [--train N --valid N --test N]
+``--task reverse`` is the harder pair of the convergence benchmark: long sentences (10-30 words drawn from the whole
+lexicon) whose translation is the word-by-word translation in reverse order, so every target word aligns far away.
+
+Usage: python -m sparse_attn_fairseq.data.synthetic_pair OUT_DIR [--task svo|reverse] [--train N --valid N --test N]
 """
 
 import argparse
@@ -101,6 +104,20 @@ class SentenceGenerator:
         return source, target
 
 
+class ReverseGenerator(SentenceGenerator):
+    """Long sentences of random words whose target is their translation in reverse order (long reordering)."""
+
+    LENGTHS = (10, 30)
+
+    def sentence(self) -> Tuple[List[Token], List[Token]]:
+        classes = list(WORD_CLASS_SIZES)
+        source = [self._word(self.rng.choice(classes)) for _ in range(self.rng.randint(*self.LENGTHS))]
+        return source, source[::-1]
+
+
+GENERATORS = {"svo": SentenceGenerator, "reverse": ReverseGenerator}
+
+
 def render(source: List[Token], target_order: List[Token]) -> Tuple[str, str, Alignment]:
     """Source text, target text and alignment, following token identity between the two orders."""
     position = {id(token): i for i, token in enumerate(source)}
@@ -113,20 +130,22 @@ def render(source: List[Token], target_order: List[Token]) -> Tuple[str, str, Al
     return " ".join(t[0] for t in source), " ".join(target_words), sorted(alignment)
 
 
-def generate_split(lexicon: Lexicon, size: int, seed: int) -> List[Tuple[str, str, Alignment]]:
-    """``size`` distinct-seeded sentence pairs with alignments."""
-    generator = SentenceGenerator(lexicon, random.Random(seed))
+def generate_split(lexicon: Lexicon, size: int, seed: int, task: str = "svo") -> List[Tuple[str, str, Alignment]]:
+    """``size`` distinct-seeded sentence pairs with alignments, from the grammar ``task`` (see GENERATORS)."""
+    generator = GENERATORS[task](lexicon, random.Random(seed))
     return [render(*generator.sentence()) for _ in range(size)]
 
 
-def write_corpus(out_dir: Path, sizes: Dict[str, int], src: str = "src", tgt: str = "tgt") -> None:
+def write_corpus(out_dir: Path, sizes: Dict[str, int], src: str = "src", tgt: str = "tgt", task: str = "svo") -> None:
     """Write {split}.{src,tgt} and {split}.align for each split in ``sizes``."""
     if any(n < 1 for n in sizes.values()):
         raise ValueError(f"split sizes must be positive, got {sizes}")
+    if task not in GENERATORS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(GENERATORS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     lexicon = Lexicon.build()
     for split, size in sizes.items():
-        pairs = generate_split(lexicon, size, SPLIT_SEEDS[split])
+        pairs = generate_split(lexicon, size, SPLIT_SEEDS[split], task)
         for suffix, column in ((src, 0), (tgt, 1)):
             (out_dir / f"{split}.{suffix}").write_text("".join(p[column] + "\n" for p in pairs))
         lines = (" ".join(f"{i}-{j}" for i, j in p[2]) + "\n" for p in pairs)
@@ -136,6 +155,7 @@ def write_corpus(out_dir: Path, sizes: Dict[str, int], src: str = "src", tgt: st
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--task", choices=sorted(GENERATORS), default="svo", help="the grammar (default svo)")
     for split, default in (("train", 4000), ("valid", 300), ("test", 300)):
         parser.add_argument(f"--{split}", type=int, default=default, help=f"{split} pairs")
     args = parser.parse_args(argv)
@@ -143,7 +163,7 @@ def main(argv=None) -> None:
     for split, size in sizes.items():
         if size < 1:
             parser.error(f"--{split} must be a positive number of pairs, got {size}")
-    write_corpus(args.out_dir, sizes)
+    write_corpus(args.out_dir, sizes, task=args.task)
     print(f"wrote {sizes} pairs to {args.out_dir}")
 
 

@@ -18,7 +18,7 @@ $(STAMP): setup.py tools/build_wheelhouse.py
 	$(BIN)/python tools/build_wheelhouse.py $(WHEELHOUSE)
 	$(BIN)/python -m pip install -q --no-deps $(WHEELHOUSE)/*.whl
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,plot]"
 	touch $@
 
 demo: setup

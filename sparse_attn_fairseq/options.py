@@ -9,6 +9,8 @@ Flags (declared once, in the dataclasses below; fairseq turns them into ``--keba
                             alpha = 1 + sigmoid(a), a ~ N(0, 1); Correia et al., EMNLP 2019, section 3.2)
     --entmax-alpha-min / --entmax-alpha-max   clamp range of the learned alpha (default 1.01, 2.0)
     --entmax-fixed-alpha    alpha of entmax_fixed (default 1.5)
+    --entmax-alpha-lr-scale learning-rate multiplier of alpha: alpha = 1 + sigmoid(scale * a) (default 10; the paper: 1;
+                            measured with bench/bench_convergence.py, see the README)
 
 The ReLA models (transformer_rela, transformer_lm_rela) have the same per-type flags with choices rela/softmax and
 default rela, plus (Zhang, Titov, Sennrich, EMNLP 2021, section 3.2; layers/rela_norm.py):
@@ -16,6 +18,8 @@ default rela, plus (Zhang, Titov, Sennrich, EMNLP 2021, section 3.2; layers/rela
     --rela-norm-variant     output norm of the ReLA attention types: "gated" (ReLA-g, RMSNorm times
                             sigmoid(w * o), default) or "init" (ReLA-i, no gate, small random gain)
     --rela-norm-per-head    normalise each head's slice separately instead of all heads together (default off)
+    --rela-gate-init        initial gate weight of ReLA-g: "glorot" (default; U(+-sqrt(3/d)), as in the authors'
+                            code) or "ones"
 
 Which normalizers a model offers and its default is its :class:`AttentionMethod` (ENTMAX, RELA or SPAN).
 
@@ -41,6 +45,7 @@ from typing import Any
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from sparse_attn_fairseq.layers.normalizers import normalizer_names
+from sparse_attn_fairseq.layers.rela_norm import GATE_INITS as RELA_GATE_INITS
 from sparse_attn_fairseq.layers.rela_norm import VARIANTS as RELA_NORM_VARIANTS
 
 # Normalizers the entmax models offer (ReLA needs its output norm and has its own model).
@@ -57,6 +62,7 @@ DEFAULT_NORMALIZER = "entmax_alpha"
 NormalizerChoice = ChoiceEnum(ENTMAX_NORMALIZERS)
 RelaNormalizerChoice = ChoiceEnum(RELA_NORMALIZERS)
 RelaNormVariantChoice = ChoiceEnum(RELA_NORM_VARIANTS)
+RelaGateInitChoice = ChoiceEnum(RELA_GATE_INITS)
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,11 @@ class EntmaxAlphaConfig(FairseqDataclass):
     entmax_alpha_min: float = field(default=1.01, metadata={"help": "lower clamp of the learned alpha (>= 1)"})
     entmax_alpha_max: float = field(default=2.0, metadata={"help": "upper clamp of the learned alpha (<= 2)"})
     entmax_fixed_alpha: float = field(default=1.5, metadata={"help": "alpha of entmax_fixed, in [1, 2]"})
+    entmax_alpha_lr_scale: float = field(
+        default=10.0,
+        metadata={"help": "learning-rate multiplier of the alpha parameters (> 0): alpha = 1 + sigmoid(scale * a), "
+                          "so Adam's steps on the logit are scale times larger"},
+    )
 
 
 @dataclass
@@ -117,6 +128,10 @@ class RelaNormConfig(FairseqDataclass):
     )
     rela_norm_per_head: bool = field(
         default=False, metadata={"help": "RMSNorm each head's output separately instead of all heads together"}
+    )
+    rela_gate_init: RelaGateInitChoice = field(  # type: ignore[valid-type]
+        default="glorot",
+        metadata={"help": 'initial gate weight of ReLA-g: "ones", or "glorot" (U(+-sqrt(3/d)), the authors\' code)'},
     )
 
 
@@ -232,8 +247,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[float, float], float]:
+def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[float, float], float, float]:
     defaults = EntmaxAlphaConfig()
+    lr_scale = getattr(args, "entmax_alpha_lr_scale", defaults.entmax_alpha_lr_scale)
+    if not isinstance(lr_scale, (int, float)) or not 0.0 < lr_scale < float("inf"):
+        problems.append(f"{_flag('entmax_alpha_lr_scale')}={lr_scale!r}: must be a positive number")
     init = getattr(args, "entmax_alpha_init", defaults.entmax_alpha_init)
     low = getattr(args, "entmax_alpha_min", defaults.entmax_alpha_min)
     high = getattr(args, "entmax_alpha_max", defaults.entmax_alpha_max)
@@ -257,27 +275,31 @@ def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[flo
                 f"{_flag('entmax_alpha_init')}={init!r} lies outside the clamp range "
                 f"[{_flag('entmax_alpha_min')}={low}, {_flag('entmax_alpha_max')}={high}]"
             )
-    return ("random" if str(init) == "random" else init), (low, high), fixed
+    return ("random" if str(init) == "random" else init), (low, high), fixed, lr_scale
 
 
 def _read_rela_norm(args: Any, problems: list[str]) -> tuple[tuple[str, Any], ...]:
     defaults = RelaNormConfig()
     variant = str(getattr(args, "rela_norm_variant", defaults.rela_norm_variant))
     per_head = getattr(args, "rela_norm_per_head", defaults.rela_norm_per_head)
+    gate_init = str(getattr(args, "rela_gate_init", defaults.rela_gate_init))
     if variant not in RELA_NORM_VARIANTS:
         problems.append(f"{_flag('rela_norm_variant')}={variant!r}: choose one of {', '.join(RELA_NORM_VARIANTS)}")
     if not isinstance(per_head, bool):
         problems.append(f"{_flag('rela_norm_per_head')}={per_head!r}: expected true or false")
-    return (("variant", variant), ("per_head", bool(per_head)))
+    if gate_init not in RELA_GATE_INITS:
+        problems.append(f"{_flag('rela_gate_init')}={gate_init!r}: choose one of {', '.join(RELA_GATE_INITS)}")
+    return (("variant", variant), ("per_head", bool(per_head)), ("gate_init", gate_init))
 
 
-def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float],
+def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float, float],
           rela_norm: tuple[tuple[str, Any], ...]) -> NormalizerSpec:
     if name == "rela":
         return NormalizerSpec(name, output_norm=rela_norm)
-    init, clamp, fixed = alpha_settings
+    init, clamp, fixed, lr_scale = alpha_settings
     if name == "entmax_alpha":
-        return NormalizerSpec(name, (("init", init), ("clamp", (float(clamp[0]), float(clamp[1])))))
+        clamp = (float(clamp[0]), float(clamp[1]))
+        return NormalizerSpec(name, (("init", init), ("clamp", clamp), ("lr_scale", float(lr_scale))))
     if name == "entmax_fixed":
         return NormalizerSpec(name, (("alpha", float(fixed)),))
     return NormalizerSpec(name)

@@ -142,33 +142,52 @@ class EntmaxAlphaNormalizer(_Normalizer):
     """alpha-entmax with a learned alpha per head: alpha = clamp(1 + sigmoid(a), *clamp) (Correia et al., 2019, s. 3).
 
     The raw ``a`` is the parameter and alpha is recomputed every forward, so alpha can never leave the clamp range.
-    ``init`` is an alpha value (a = logit(alpha - 1)) or "random" (a ~ N(0, 1), as in the paper).
+    ``init`` is an alpha value (a = logit(alpha - 1)) or "random" (a ~ N(0, 1), as in the paper). With ``lr_scale`` s
+    the logit is s * a: an optimiser whose step does not depend on the gradient's scale (Adam) moves alpha s times
+    faster, as a learning rate s times larger for alpha alone would.
     """
 
-    def __init__(self, num_heads: int, init: float | str = 1.5, clamp: tuple[float, float] = (1.01, 2.0)):
+    def __init__(self, num_heads: int, init: float | str = 1.5, clamp: tuple[float, float] = (1.01, 2.0),
+                 lr_scale: float = 1.0):
         super().__init__(num_heads)
-        _raise_problems("entmax_alpha", _alpha_problems(init, clamp))
-        self.init, self.clamp = init, (float(clamp[0]), float(clamp[1]))
+        problems = _alpha_problems(init, clamp)
+        if not isinstance(lr_scale, (int, float)) or not 0.0 < lr_scale < math.inf:
+            problems.append(f"lr_scale={lr_scale!r} must be a positive number")
+        _raise_problems("entmax_alpha", problems)
+        self.init, self.clamp, self.lr_scale = init, (float(clamp[0]), float(clamp[1])), float(lr_scale)
         self.a = nn.Parameter(torch.empty(num_heads))
+        # saved with the weights, so a checkpoint says which scale its `a` was trained under (see _load_from_state_dict)
+        self.register_buffer("a_scale", torch.tensor(self.lr_scale))
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Load ``a`` trained under any scale (checkpoints from before the scale existed: 1) with alpha unchanged."""
+        a_key, scale_key = prefix + "a", prefix + "a_scale"
+        if a_key in state_dict:
+            saved_scale = float(state_dict[scale_key]) if scale_key in state_dict else 1.0
+            if saved_scale != self.lr_scale:
+                state_dict[a_key] = state_dict[a_key] * (saved_scale / self.lr_scale)
+            state_dict[scale_key] = torch.tensor(self.lr_scale)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             if self.init == "random":
-                self.a.normal_(0.0, 1.0)
+                self.a.normal_(0.0, 1.0 / self.lr_scale)
             else:
                 frac = min(max(float(self.init) - 1.0, 1e-6), 1.0 - 1e-6)
-                self.a.fill_(math.log(frac / (1.0 - frac)))
+                self.a.fill_(math.log(frac / (1.0 - frac)) / self.lr_scale)
 
     def alpha(self) -> torch.Tensor:
         """Per-head alpha, shape (num_heads,), differentiable w.r.t. ``a`` inside the clamp range."""
-        return (1.0 + torch.sigmoid(self.a)).clamp(*self.clamp)
+        logit = self.a if self.lr_scale == 1.0 else self.a * self.lr_scale
+        return (1.0 + torch.sigmoid(logit)).clamp(*self.clamp)
 
     def normalize(self, scores, mask):
         return entmax_alpha(scores, self.alpha().view(self.num_heads, 1, 1), mask)  # alpha (num_heads, 1, 1)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}"
+        return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}, lr_scale={self.lr_scale}"
 
 
 def _alpha_problems(init, clamp) -> list[str]:

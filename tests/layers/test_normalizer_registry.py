@@ -75,3 +75,35 @@ def test_option_validation_collects_problems():
         reg.build_normalizer("softmax", 0)
     fixed = reg.build_normalizer("entmax_fixed", 2, alpha=1.25)
     assert torch.equal(fixed.alpha(), torch.full((2,), 1.25)) and "alpha=1.25" in repr(fixed)
+
+
+def test_entmax_alpha_lr_scale_moves_alpha_faster_under_adam():
+    """alpha = 1 + sigmoid(s * a): the same alpha at start, and Adam's first step moves the logit s times further."""
+    steps = {}
+    for scale in (1.0, 10.0):
+        module = reg.build_normalizer("entmax_alpha", 2, init=1.3, lr_scale=scale)
+        assert max_err(module.alpha(), torch.full((2,), 1.3)) <= 1e-6 and f"lr_scale={scale}" in repr(module)
+        logit_before = (module.alpha() - 1).logit().detach()
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+        module(torch.randn(2, 2, 3, 8, generator=torch.Generator().manual_seed(0))).pow(3).sum().backward()
+        optimizer.step()
+        steps[scale] = ((module.alpha() - 1).logit().detach() - logit_before).abs()
+    assert max_err(steps[10.0], 10 * steps[1.0]) <= 1e-4
+    torch.manual_seed(0)
+    random = reg.build_normalizer("entmax_alpha", 256, init="random", lr_scale=4.0)
+    assert 0.8 < (random.a * 4.0).std() < 1.2  # the paper's N(0, 1) logits whatever the scale
+    with pytest.raises(ValueError, match="lr_scale=0"):
+        reg.build_normalizer("entmax_alpha", 2, lr_scale=0)
+
+
+def test_entmax_alpha_loads_a_trained_under_another_scale_with_alpha_unchanged():
+    """Checkpoints store the scale `a` was trained under; those from before it existed were trained under 1."""
+    old = reg.build_normalizer("entmax_alpha", 3, init="random", lr_scale=1.0)
+    state = {k: v for k, v in old.state_dict().items() if k != "a_scale"}  # a checkpoint from before the scale
+    for scale in (1.0, 10.0, 0.5):
+        new = reg.build_normalizer("entmax_alpha", 3, lr_scale=scale)
+        new.load_state_dict(dict(state))
+        assert max_err(new.alpha(), old.alpha()) <= 1e-6 and float(new.a_scale) == scale
+        again = reg.build_normalizer("entmax_alpha", 3, lr_scale=2.0)
+        again.load_state_dict(new.state_dict())
+        assert max_err(again.alpha(), old.alpha()) <= 1e-6

@@ -43,3 +43,15 @@ def test_half_and_errors():
     assert out.dtype == torch.float16
     with pytest.raises(ValueError, match="variant='x'.*divisible"):
         RelaOutputNorm(7, 2, variant="x")
+
+
+def test_gate_init_glorot_is_the_authors_small_uniform():
+    """bzhangGo/zero leaves the gate to its variance-scaling (fan_avg, uniform) default: U(-sqrt(3/d), sqrt(3/d))."""
+    torch.manual_seed(0)
+    norm = RelaOutputNorm(512, 8, gate_init="glorot")
+    bound = math.sqrt(3 / 512)
+    assert norm.gate_weight.abs().max() <= bound and norm.gate_weight.std() > bound / 4
+    assert torch.equal(norm.gain.data, torch.ones(512)) and "gate_init='glorot'" in repr(norm)
+    assert torch.equal(RelaOutputNorm(4, 2, gate_init="ones").gate_weight.data, torch.ones(4))
+    with pytest.raises(ValueError, match="gate_init='zeros'"):
+        RelaOutputNorm(4, 2, gate_init="zeros")

@@ -19,7 +19,8 @@ from tests.models.builders import (
 
 # Tolerances of this file (max abs difference).
 SAME_AS_STOCK = 1e-5
-INCREMENTAL_LOGPROBS = 1e-4
+INCREMENTAL_LOGPROBS = 1e-4  # float32
+INCREMENTAL_LOGPROBS_FLOAT64 = 1e-9
 
 VARIANTS = {
     "gated": [],
@@ -62,9 +63,11 @@ def test_variant_flags_reach_every_rela_attention_and_only_those():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_incremental_decoding_matches_full_forward_with_beam_reorder(variant):
+    """In float64: RMSNorm rescales a head output whose relu-weighted values nearly cancel, which turns float32
+    rounding into differences up to 3e-4 (measured, gated per-head), while the two computations agree exactly."""
     model, task = build("transformer_rela", *VARIANTS[variant])
-    diff, _ = incremental_vs_full(model.eval(), task)  # also asserts finite log-probs
-    assert diff <= INCREMENTAL_LOGPROBS
+    diff, _ = incremental_vs_full(model.double().eval(), task)  # also asserts finite log-probs
+    assert diff <= INCREMENTAL_LOGPROBS_FLOAT64
 
 
 @pytest.mark.parametrize("variant", ["gated", "init_per_head"])

@@ -10,7 +10,8 @@ from sparse_attn_fairseq.options import RELA, AttentionOptionsError, NormalizerS
 def test_defaults_are_learned_alpha_everywhere_with_random_init():
     options = read_attention_options(Namespace())
     for kind in ("encoder", "decoder", "encoder_decoder"):
-        assert options.spec(kind) == NormalizerSpec("entmax_alpha", (("init", "random"), ("clamp", (1.01, 2.0))))
+        assert options.spec(kind) == NormalizerSpec(
+            "entmax_alpha", (("init", "random"), ("clamp", (1.01, 2.0)), ("lr_scale", 10.0)))
 
 
 def test_per_type_choices_and_fixed_alpha():
@@ -32,12 +33,13 @@ def test_lm_reads_only_the_decoder():
 
 def test_every_problem_is_reported_with_flag_and_value():
     args = Namespace(encoder_attention_normalizer="softmaxx", entmax_alpha_init="big", entmax_alpha_min=0.5,
-                     entmax_alpha_max=2.5, entmax_fixed_alpha=3.0)
+                     entmax_alpha_max=2.5, entmax_fixed_alpha=3.0, entmax_alpha_lr_scale=-1.0)
     with pytest.raises(AttentionOptionsError) as error:
         read_attention_options(args)
     message = str(error.value)
     for expected in ("--encoder-attention-normalizer='softmaxx'", "--entmax-alpha-init='big'",
-                     "--entmax-alpha-min=0.5", "--entmax-alpha-max=2.5", "--entmax-fixed-alpha=3.0"):
+                     "--entmax-alpha-min=0.5", "--entmax-alpha-max=2.5", "--entmax-fixed-alpha=3.0",
+                     "--entmax-alpha-lr-scale=-1.0"):
         assert expected in message
 
 
@@ -50,24 +52,26 @@ def test_init_outside_clamp_range_and_inverted_range():
 
 def test_rela_defaults_are_gated_rela_everywhere():
     options = read_attention_options(Namespace(), method=RELA)
-    expected = NormalizerSpec("rela", output_norm=(("variant", "gated"), ("per_head", False)))
+    expected = NormalizerSpec("rela", output_norm=(("variant", "gated"), ("per_head", False), ("gate_init", "glorot")))
     for kind in ("encoder", "decoder", "encoder_decoder"):
         assert options.spec(kind) == expected
-    assert options.spec("decoder").output_norm_kwargs() == {"variant": "gated", "per_head": False}
+    assert options.spec("decoder").output_norm_kwargs() == {"variant": "gated", "per_head": False,
+                                                             "gate_init": "glorot"}
 
 
 def test_rela_per_type_softmax_has_no_output_norm():
     args = Namespace(encoder_attention_normalizer="softmax", rela_norm_variant="init", rela_norm_per_head=True)
     options = read_attention_options(args, method=RELA)
     assert options.encoder == NormalizerSpec("softmax") and options.encoder.output_norm_kwargs() is None
-    assert options.decoder.output_norm_kwargs() == {"variant": "init", "per_head": True}
+    assert options.decoder.output_norm_kwargs() == {"variant": "init", "per_head": True, "gate_init": "glorot"}
 
 
 def test_rela_problems_name_the_flag_and_entmax_models_refuse_rela():
-    args = Namespace(rela_norm_variant="gate", decoder_attention_normalizer="entmax15")
+    args = Namespace(rela_norm_variant="gate", decoder_attention_normalizer="entmax15", rela_gate_init="zeros")
     with pytest.raises(AttentionOptionsError) as error:
         read_attention_options(args, method=RELA)
     assert "--rela-norm-variant='gate'" in str(error.value)
+    assert "--rela-gate-init='zeros': choose one of ones, glorot" in str(error.value)
     assert "--decoder-attention-normalizer='entmax15': choose one of rela, softmax" in str(error.value)
     with pytest.raises(AttentionOptionsError, match="--encoder-attention-normalizer='rela'"):
         read_attention_options(Namespace(encoder_attention_normalizer="rela"))

@@ -19,7 +19,7 @@ python -m sparse_attn_fairseq.data.synthetic_pair "$WORK/raw"
 if [ ! -f "$WORK/bin/dict.src.txt" ]; then
   fairseq-preprocess --source-lang src --target-lang tgt --trainpref "$WORK/raw/train" \
     --validpref "$WORK/raw/valid" --testpref "$WORK/raw/test" --destdir "$WORK/bin" \
-    --joined-dictionary --workers 2 > "$WORK/preprocess.log"
+    --joined-dictionary --workers 2 > "$WORK/preprocess.log" 2>&1
 fi
 
 summary=()

@@ -49,6 +49,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "entmax==1.3", "tensorboardX"],
         "plot": ["matplotlib"],
+        "plots": ["matplotlib"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["sparse-attn-analyze=sparse_attn_fairseq.analyze.cli:main"]},
 )

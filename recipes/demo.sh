@@ -23,6 +23,8 @@ if [ ! -f "$WORK/bin/dict.src.txt" ]; then
 fi
 
 summary=()
+checkpoints=()
+: > "$WORK/scores.tsv"
 for arch in $ARCHS; do
   save="$WORK/checkpoints/$arch"
   echo "== training $arch ($MAX_UPDATE updates)"
@@ -34,7 +36,14 @@ for arch in $ARCHS; do
     | grep -E '^ *(alpha|zeros|null|span)_' | xargs || true)
   echo "$arch: BLEU $bleu ${figures}"
   summary+=("$(printf '%-28s BLEU %-6s %s' "$arch" "$bleu" "$figures")")
+  wps=$(grep "| train | " "$save/train.log" | tail -n 1 | grep -o 'wps [0-9.]*' | cut -d' ' -f2 || true)
+  printf '%s\t%s\t%s\n' "$save/checkpoint_best.pt" "$bleu" "${wps:--}" >> "$WORK/scores.tsv"
+  checkpoints+=(--path "$save/checkpoint_best.pt")
 done
 echo
 echo "== demo results (test set, beam 5; ${sacrebleu_line%% = *})"
 printf '%s\n' "${summary[@]}"
+echo
+echo "== what every head learned (sparse-attn-analyze; AER against the pair's gold alignments)"
+python -m sparse_attn_fairseq.analyze "$WORK/bin" "${checkpoints[@]}" --out-dir "$WORK/analysis" \
+  --gold-alignments "$WORK/raw/test.align" --scores "$WORK/scores.tsv" --cpu 2> "$WORK/analysis.log"

@@ -87,5 +87,37 @@ def transformer_checkpoint(translation_data, tmp_path_factory) -> Path:
     return save_dir / "checkpoint_last.pt"
 
 
+def train_model(arch, data_bin, save_dir, max_update, *extra, check=True):
+    """fairseq-train ``arch`` at the model tests' tiny sizes (tests/models/builders.py)."""
+    from tests.models.builders import TINY_MT_FLAGS
+
+    return run_cli("fairseq-train", data_bin, "--user-dir", USER_DIR, "--arch", arch,
+                   *TINY_MT_FLAGS, "--max-update", max_update, "--save-dir", save_dir, *extra, check=check)
+
+
+@pytest.fixture(scope="session")
+def entmax_data(translation_data):
+    """Synthetic pair (300 train sentences), binarised with a joined dictionary: the shared data."""
+    return translation_data
+
+
+def _trained(arch, data_bin, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp(f"{arch}_ckpt")
+    result = train_model(arch, data_bin, save_dir, 30)
+    return save_dir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def entmax_run(entmax_data, tmp_path_factory):
+    """transformer_entmax (learned alpha everywhere) trained for 30 updates: (save_dir, fairseq-train output)."""
+    return _trained("transformer_entmax", entmax_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def rela_run(entmax_data, tmp_path_factory):
+    """transformer_rela (ReLA-g everywhere) trained for 30 updates: (save_dir, fairseq-train output)."""
+    return _trained("transformer_rela", entmax_data, tmp_path_factory)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: builds a virtual environment or trains for long")

@@ -19,7 +19,7 @@ import torch
 
 Link = tuple[int, int]
 FORMATS = ("pharaoh", "talp")
-PIECE_STYLES = ("sentencepiece", "subword-nmt")
+PIECE_STYLES = ("sentencepiece", "subword-nmt", "none")  # none: every token is a word
 _LINK = {"pharaoh": re.compile(r"^(\d+)-(\d+)$"), "talp": re.compile(r"^(\d+)([-p])(\d+)$")}
 
 
@@ -88,9 +88,11 @@ def read_gold(path: Path, fmt: str = "pharaoh", encoding: str = "utf-8",
 
 def word_ids(pieces: Sequence[str], style: str = "sentencepiece") -> list[int]:
     """The word index of each subword piece. sentencepiece: a piece starting with U+2581 starts a word;
-    subword-nmt: a piece ending in ``@@`` continues into the next one."""
+    subword-nmt: a piece ending in ``@@`` continues into the next one; none: every piece is a word."""
     if style not in PIECE_STYLES:
         raise ValueError(f"unknown piece style {style!r}; choose one of {', '.join(PIECE_STYLES)}")
+    if style == "none":
+        return list(range(len(pieces)))
     ids, word = [], -1
     for index, piece in enumerate(pieces):
         if style == "sentencepiece":

@@ -14,3 +14,6 @@ def test_demo_recipe_prints_bleu_signature_and_sparsity(tmp_path):
     assert line, summary
     for key in ("alpha_enc", "zeros_enc", "alpha_dec", "zeros_encdec"):
         assert re.search(rf"{key} [\d.]+", line.group(2)), line.group(2)
+    analysis = result.stdout.split("== what every head learned")[-1]
+    assert re.search(r"^transformer_entmax\s+[\d.]+\s+[\d.]+\s+\d+%\s+[\d.]+\s+1\.\d\d", analysis, re.M), analysis
+    assert (tmp_path / "analysis" / "report.html").is_file() and (tmp_path / "analysis" / "alpha.png").is_file()

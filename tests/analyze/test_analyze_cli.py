@@ -9,16 +9,30 @@ from html.parser import HTMLParser
 import pytest
 
 from sparse_attn_fairseq.analyze.alignment import aer, read_gold
-from tests.conftest import USER_DIR, make_translation_data, run_cli
+from tests.conftest import USER_DIR, make_translation_data, run_cli, train_model
 from tests.models.conftest import TINY_LM_TRAIN_FLAGS
 
 HEAD_KEYS = {"zero_fraction", "mean_support", "relative_support", "null_rate"}
 
 
+def _half_copy(checkpoint, path):
+    """The checkpoint with its weights in float16, as fairseq-train --fp16 saves them."""
+    import torch
+
+    state = torch.load(checkpoint, weights_only=False)
+    state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def analysis(entmax_data, entmax_run, rela_run, transformer_checkpoint, tmp_path_factory):
+    """One analysis of entmax, ReLA, stock transformer, adaptive span, and the entmax checkpoint in float16."""
     out = tmp_path_factory.mktemp("analysis")
-    paths = [entmax_run[0] / "checkpoint_last.pt", rela_run[0] / "checkpoint_last.pt", transformer_checkpoint]
+    train_model("transformer_adaptive_span", entmax_data, out / "span", 10)
+    entmax = entmax_run[0] / "checkpoint_last.pt"
+    paths = [entmax, rela_run[0] / "checkpoint_last.pt", transformer_checkpoint, out / "span" / "checkpoint_last.pt",
+             _half_copy(entmax, out / "entmax_fp16.pt")]
     result = run_cli("python", "-m", "sparse_attn_fairseq.analyze", entmax_data, *[a for p in paths for a in
                      ("--path", p)], "--out-dir", out, "--gold-alignments", entmax_data.parent / "raw" / "test.align",
                      "--cpu")
@@ -28,7 +42,7 @@ def analysis(entmax_data, entmax_run, rela_run, transformer_checkpoint, tmp_path
 def test_json_has_every_attention_type_layer_and_head(analysis):
     data, out, result = analysis
     assert data["schema"] == 1 and [m["arch"] for m in data["models"]] == [
-        "transformer_entmax", "transformer_rela", "transformer"]
+        "transformer_entmax", "transformer_rela", "transformer", "transformer_adaptive_span", "transformer_entmax"]
     for model in data["models"]:
         assert list(model["attention"]) == ["encoder", "decoder", "encoder_decoder"] and model["sentences"] == 40
         for layers in model["attention"].values():
@@ -37,10 +51,15 @@ def test_json_has_every_attention_type_layer_and_head(analysis):
                 assert all(HEAD_KEYS <= set(head) for head in layer["heads"])
         for mode in ("normal", "shifted"):
             assert all(0 <= x["head_average"] <= 1 and len(x["heads"]) == 2 for x in model["aer"][mode])
-    entmax, rela, stock = data["models"]
+    entmax, rela, stock, span, entmax_fp16 = data["models"]
     assert all("alpha" in head for layer in entmax["attention"]["encoder"] for head in layer["heads"])
     assert stock["attention"]["encoder"][0]["zero_fraction"] == 0.0  # softmax: dense
     assert any(layer["null_rate"] > 0 for layers in rela["attention"].values() for layer in layers)
+    assert all("span" in head for layer in span["attention"]["encoder"] for head in layer["heads"])
+    for layer, layer_fp16 in zip(entmax["attention"]["encoder_decoder"], entmax_fp16["attention"]["encoder_decoder"]):
+        assert abs(layer["zero_fraction"] - layer_fp16["zero_fraction"]) < 0.02  # weights rounded to float16
+        assert [h["alpha"] for h in layer["heads"]] == pytest.approx([h["alpha"] for h in layer_fp16["heads"]],
+                                                                     abs=1e-3)
     assert "| encoder_decoder |" in (out / "report.md").read_text() and "wrote" in result.stdout
     assert "INFO" not in result.stderr  # the terminal shows progress bars, not fairseq's log
 
@@ -91,8 +110,8 @@ class _Images(HTMLParser):
 
 def test_plots_are_pngs_and_the_html_page_embeds_them(analysis):
     _, out, _ = analysis
-    names = {"alpha.png", "sparsity_js.png", "aer.png", "attention_maps_0.png", "attention_maps_1.png",
-             "attention_maps_2.png"}
+    names = {"alpha.png", "spans.png", "sparsity_js.png", "aer.png",
+             *(f"attention_maps_{i}.png" for i in range(5))}
     assert names <= {p.name for p in out.glob("*.png")}
     for name in names:
         data = (out / name).read_bytes()

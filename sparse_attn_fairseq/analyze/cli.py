@@ -1,4 +1,4 @@
-"""sparse-attn-analyze: what every head of one or more translation checkpoints learned, side by side.
+"""sparse-attn-analyze: what every head of one or more Transformer checkpoints learned, side by side.
 
     sparse-attn-analyze DATA_DIR --path CKPT [--path CKPT ...] --out-dir DIR [--gen-subset test]
         [--gold-alignments FILE [--gold-format pharaoh|talp] [--gold-encoding latin-1]] [--max-sentences N] [--cpu]
@@ -75,9 +75,9 @@ def load(path: Path, data: Path):
             reason = f"the dictionaries in {data} do not match the checkpoint's ({reason})"
         raise AnalysisError(f"{path}: cannot be loaded with the data in {data}: {reason}") from None
     model = models[0]
-    if not hasattr(model, "encoder") or not hasattr(getattr(model, "decoder", None), "layers"):
-        raise AnalysisError(f"{path}: {type(model).__name__} is not an encoder-decoder Transformer; this tool "
-                            "analyses translation checkpoints")
+    if not any(hasattr(module, "num_heads") for _, _, module in attention_modules(model)):
+        raise AnalysisError(f"{path}: {type(model).__name__} has no Transformer attention layers; this tool analyses "
+                            "Transformer translation and language models")
     arch = getattr(cfg.model, "arch", None) or getattr(cfg.model, "_name", type(model).__name__)
     return model, arch, task
 
@@ -215,6 +215,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         model, arch, task = load(path, args.data)
         samples, count, dataset = batches(task, args.gen_subset, args.max_sentences, args.batch_size, path)
         golds = None
+        if args.gold_alignments is not None and getattr(model, "encoder", None) is None:
+            raise AnalysisError(f"{path}: --gold-alignments needs a translation model (this is a language model)")
         if args.gold_alignments is not None:
             golds = read_gold(args.gold_alignments, args.gold_format, args.gold_encoding,
                               word_lengths(dataset, task, args.piece_style))

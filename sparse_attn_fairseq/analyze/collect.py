@@ -22,9 +22,9 @@ ATTENTION_TYPES = {"encoder": ("encoder", "self_attn"), "decoder": ("decoder", "
 
 
 def attention_modules(model: nn.Module) -> Iterator[tuple[str, int, nn.Module]]:
-    """(attention type, layer index, attention module) of an encoder-decoder model."""
+    """(attention type, layer index, attention module) of a Transformer (translation model or language model)."""
     for attention_type, (part, name) in ATTENTION_TYPES.items():
-        for layer_index, layer in enumerate(getattr(model, part).layers):
+        for layer_index, layer in enumerate(getattr(getattr(model, part, None), "layers", None) or []):
             module = getattr(layer, name, None)
             if module is not None:
                 yield attention_type, layer_index, module
@@ -139,7 +139,8 @@ def collect(model: nn.Module, batches, source_dict, target_dict, piece_style: st
         net_input = sample["net_input"]
         model(**net_input)
         src_pad = net_input["src_tokens"].eq(source_dict.pad())  # (bsz, src_len)
-        tgt_pad = net_input["prev_output_tokens"].eq(target_dict.pad())  # (bsz, tgt_len)
+        # the decoder reads prev_output_tokens (translation) or src_tokens (language model)
+        tgt_pad = net_input.get("prev_output_tokens", net_input["src_tokens"]).eq(target_dict.pad())
         for attention_type, layer, weights, key_padding_mask, attn_mask in records:
             weights = weights.transpose(0, 1).float()  # (bsz, H, T, S)
             query_padding = src_pad if attention_type == "encoder" else tgt_pad

@@ -142,15 +142,32 @@ def _analyze(data, *args):
     return run_cli("python", "-m", "sparse_attn_fairseq.analyze", data, *args, check=False)
 
 
-def test_a_language_model_checkpoint_is_refused(entmax_data, tmp_path):
+def test_language_models_are_analysed_and_other_architectures_refused(entmax_data, tmp_path):
     raw = entmax_data.parent / "raw"
     run_cli("fairseq-preprocess", "--only-source", "--trainpref", raw / "train.tgt", "--validpref", raw / "valid.tgt",
             "--testpref", raw / "test.tgt", "--destdir", tmp_path / "lm-bin", "--workers", "1")
-    run_cli("fairseq-train", tmp_path / "lm-bin", "--user-dir", USER_DIR, "--arch", "transformer_lm_entmax",
-            *TINY_LM_TRAIN_FLAGS, "--max-update", "1", "--save-dir", tmp_path)
-    result = _analyze(tmp_path / "lm-bin", "--path", tmp_path / "checkpoint_last.pt", "--out-dir", tmp_path)
+    for arch in ("transformer_lm_rela", "transformer_lm"):
+        run_cli("fairseq-train", tmp_path / "lm-bin", "--user-dir", USER_DIR, "--arch", arch, *TINY_LM_TRAIN_FLAGS,
+                "--max-update", "2", "--save-dir", tmp_path / arch)
+    result = _analyze(tmp_path / "lm-bin", *[a for arch in ("transformer_lm_rela", "transformer_lm")
+                                              for a in ("--path", tmp_path / arch / "checkpoint_last.pt")],
+                      "--out-dir", tmp_path / "out", "--cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    models = json.loads((tmp_path / "out" / "analysis.json").read_text())["models"]
+    assert [m["arch"] for m in models] == ["transformer_lm_rela", "transformer_lm"]
+    assert all(list(m["attention"]) == ["decoder"] and m["sentences"] == 40 for m in models)
+    assert models[0]["attention"]["decoder"][0]["zero_fraction"] > 0 == models[1]["attention"]["decoder"][0][
+        "zero_fraction"]
+    refused = _analyze(tmp_path / "lm-bin", "--path", tmp_path / "transformer_lm" / "checkpoint_last.pt",
+                       "--out-dir", tmp_path / "out", "--gold-alignments", raw / "test.align")
+    assert refused.returncode == 2 and "--gold-alignments needs a translation model" in refused.stderr
+    run_cli("fairseq-train", entmax_data, "--arch", "lstm", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+            "--encoder-hidden-size", "16", "--decoder-hidden-size", "16", "--decoder-out-embed-dim", "16",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "512", "--max-update", "1", "--cpu",
+            "--save-dir", tmp_path / "lstm", "--num-workers", "0")
+    result = _analyze(entmax_data, "--path", tmp_path / "lstm" / "checkpoint_last.pt", "--out-dir", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert re.search(r"checkpoint_last.pt: .* is not an encoder-decoder Transformer", result.stderr), result.stderr
+    assert re.search(r"checkpoint_last.pt: LSTMModel has no Transformer attention layers", result.stderr), result.stderr
 
 
 def test_bad_input_names_the_file_without_a_traceback(entmax_data, entmax_run, tmp_path):

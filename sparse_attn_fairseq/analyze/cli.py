@@ -31,7 +31,8 @@ model: {"path": str, "arch": str, "sentences": int,
         "aer": {"normal" | "shifted": [aer_layer]} (only with --gold-alignments)}
 layer: {"layer": int, "js": float | null, "zero_fraction": float, "mean_support": float, "relative_support": float,
         "null_rate": float, "heads": [head]}   (layer figures: mean over heads; js: mean over queries)
-head: {"zero_fraction", "mean_support", "relative_support", "null_rate": float, "alpha"?: float, "span"?: float}
+head: {"zero_fraction", "mean_support", "relative_support", "null_rate": float, "alpha"?: float, "span"?: float,
+       "span_quantiles"?: [p10, p50, p90]}   (span: tokens, learned per head; dynamic: mean over tokens, and quantiles)
 aer_layer: {"layer": int, "head_average": float, "best_head": int, "best_head_aer": float, "heads": [float]}"""
 
 
@@ -104,7 +105,8 @@ def model_report(path: Path, model, arch: str, collection: Collection, golds) ->
         s = stats.sums
         heads = [{"zero_fraction": float(s.zero_fraction[h]), "mean_support": float(s.mean_support[h]),
                   "relative_support": float(s.mean_relative_support[h]), "null_rate": float(s.null_rate[h]),
-                  **{k: v[h] for k, v in params[attention_type, layer].items()}}
+                  **{k: v[h] for k, v in params[attention_type, layer].items()},
+                  **span_distribution(collection, attention_type, layer, h)}
                  for h in range(len(s.queries))]
         attention.setdefault(attention_type, []).append({
             "layer": layer, "js": stats.js, "heads": heads,
@@ -115,6 +117,16 @@ def model_report(path: Path, model, arch: str, collection: Collection, golds) ->
     if golds is not None:
         report["aer"] = alignment_errors(collection, golds)
     return report
+
+
+def span_distribution(collection: Collection, attention_type: str, layer: int, head: int) -> dict:
+    """A dynamic span's distribution over the real tokens for one head: mean and 10/50/90th percentiles, in tokens."""
+    chunks = collection.token_spans.get((attention_type, layer))
+    if not chunks:
+        return {}
+    values = torch.cat([chunk[head] for chunk in chunks]).double()
+    quantiles = torch.quantile(values, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    return {"span": float(values.mean()), "span_quantiles": [float(q) for q in quantiles]}
 
 
 def alignment_errors(collection: Collection, golds) -> dict:

@@ -50,6 +50,21 @@ def capture_head_weights(module: nn.Module, record: Callable[[Tensor, Tensor | N
     module.forward = forward
 
 
+def capture_dynamic_spans(module: nn.Module, record: Callable[[Tensor], None]) -> None:
+    """Hand every per-token span (bsz, H, T) a dynamic adaptive span of ``module`` computes to ``record``."""
+    span = getattr(module, "span", None)
+    if span is None or not span.dynamic:
+        return
+    original = span.spans
+
+    def spans(query_features=None):
+        result = original(query_features)
+        record(result.detach())
+        return result
+
+    span.spans = spans
+
+
 def masked_keys(bsz: int, key_padding_mask: Tensor | None, attn_mask: Tensor | None) -> Tensor | None:
     """Bool mask broadcastable to (bsz, H, T, S), True where a key is masked (padding, or -inf in attn_mask)."""
     mask = None
@@ -89,6 +104,8 @@ class Collection:
     cross-attention layer and head, read normally and shifted."""
 
     stats: dict[tuple[str, int], LayerStats] = field(default_factory=dict)
+    # dynamic spans of real query tokens per (attention type, layer): a list of (H, tokens) tensors
+    token_spans: dict[tuple[str, int], list[Tensor]] = field(default_factory=dict)
     # (mode, layer, head) -> {sentence id: links}; head -1 is the head average
     links: dict[tuple[str, int, int], dict[int, set[Link]]] = field(default_factory=dict)
     sentences: int = 0
@@ -131,11 +148,14 @@ def collect(model: nn.Module, batches, source_dict, target_dict, piece_style: st
     cross-attention of the sentences with ids in ``map_sentences`` is kept whole, for attention maps."""
     model.eval()
     records: list[tuple[str, int, Tensor, Tensor | None, Tensor | None]] = []
+    span_records: list[tuple[str, int, Tensor]] = []
     for attention_type, layer, module in attention_modules(model):
         capture_head_weights(module, lambda w, kpm, am, t=attention_type, i=layer: records.append((t, i, w, kpm, am)))
+        capture_dynamic_spans(module, lambda spans, t=attention_type, i=layer: span_records.append((t, i, spans)))
     collection = Collection()
     for sample in batches:
         records.clear()
+        span_records.clear()
         net_input = sample["net_input"]
         model(**net_input)
         src_pad = net_input["src_tokens"].eq(source_dict.pad())  # (bsz, src_len)
@@ -149,6 +169,9 @@ def collect(model: nn.Module, batches, source_dict, target_dict, piece_style: st
             if attention_type == "encoder_decoder":
                 _add_links(collection, layer, weights, sample, src_pad, tgt_pad, source_dict, target_dict,
                            piece_style, map_sentences)
+        for attention_type, layer, spans in span_records:  # (bsz, H, T)
+            real = ~(src_pad if attention_type == "encoder" else tgt_pad)  # (bsz, T)
+            collection.token_spans.setdefault((attention_type, layer), []).append(spans.transpose(0, 1)[:, real])
         collection.sentences += sample["nsentences"]
         if progress is not None:
             progress(sample["nsentences"])

@@ -29,7 +29,7 @@ def _half_copy(checkpoint, path):
 def analysis(entmax_data, entmax_run, rela_run, transformer_checkpoint, tmp_path_factory):
     """One analysis of entmax, ReLA, stock transformer, adaptive span, and the entmax checkpoint in float16."""
     out = tmp_path_factory.mktemp("analysis")
-    train_model("transformer_adaptive_span", entmax_data, out / "span", 10)
+    train_model("transformer_adaptive_span", entmax_data, out / "span", 10, "--adaptive-span-dynamic")
     entmax = entmax_run[0] / "checkpoint_last.pt"
     paths = [entmax, rela_run[0] / "checkpoint_last.pt", transformer_checkpoint, out / "span" / "checkpoint_last.pt",
              _half_copy(entmax, out / "entmax_fp16.pt")]
@@ -55,7 +55,10 @@ def test_json_has_every_attention_type_layer_and_head(analysis):
     assert all("alpha" in head for layer in entmax["attention"]["encoder"] for head in layer["heads"])
     assert stock["attention"]["encoder"][0]["zero_fraction"] == 0.0  # softmax: dense
     assert any(layer["null_rate"] > 0 for layers in rela["attention"].values() for layer in layers)
-    assert all("span" in head for layer in span["attention"]["encoder"] for head in layer["heads"])
+    for layer in span["attention"]["encoder"] + span["attention"]["decoder"]:  # dynamic: a distribution over tokens
+        for head in layer["heads"]:
+            low, median, high = head["span_quantiles"]
+            assert 0 <= low <= median <= high <= 1024 and low <= head["span"] <= high
     for layer, layer_fp16 in zip(entmax["attention"]["encoder_decoder"], entmax_fp16["attention"]["encoder_decoder"]):
         assert abs(layer["zero_fraction"] - layer_fp16["zero_fraction"]) < 0.02  # weights rounded to float16
         assert [h["alpha"] for h in layer["heads"]] == pytest.approx([h["alpha"] for h in layer_fp16["heads"]],

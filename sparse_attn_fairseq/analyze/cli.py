@@ -40,6 +40,13 @@ class AnalysisError(Exception):
     """Bad input: the message names the file (and line) and what is wrong."""
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sparse-attn-analyze", description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="fairseq-preprocess output folder (dictionaries and the subset)")
@@ -51,9 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gold-encoding", default="utf-8")
     parser.add_argument("--piece-style", choices=("auto", *PIECE_STYLES), default="auto",
                         help="how subword pieces form words (auto: from the dictionary's markers)")
-    parser.add_argument("--max-sentences", type=int, help="analyse the first N sentences of the subset")
+    parser.add_argument("--max-sentences", type=_positive, help="analyse the first N sentences of the subset")
     parser.add_argument("--sentences", default="0", help="ids of the sentences whose attention maps are drawn (I,J,...)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_positive, default=32)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     parser.add_argument("--scores", type=Path, help="a TSV of checkpoint path, BLEU and training words/s per line, "
                                                      "shown beside each model's summary (the demo writes one)")
@@ -61,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load(path: Path, data: Path):
-    """(model, architecture name, task) of a translation checkpoint; AnalysisError for what cannot be analysed."""
+    """(model, architecture name, task) of a Transformer checkpoint; AnalysisError for what cannot be analysed."""
     from fairseq import checkpoint_utils
 
     if not path.is_file():
@@ -84,14 +91,19 @@ def load(path: Path, data: Path):
 
 
 def batches(task, subset: str, max_sentences: int | None, batch_size: int, path: Path):
+    """The subset's first ``max_sentences`` sentences as fairseq samples, with their count and the dataset."""
+    data = Path(task.cfg.data)
+    binaries = list(data.glob(f"{subset}.*bin")) + list(data.glob(f"{subset}.bin"))
+    if binaries and all(b.stat().st_size == 0 for b in binaries):  # fairseq cannot even open an empty one
+        raise AnalysisError(f"subset {subset!r} of {data} is empty ({binaries[0].name} has no sentences)")
     try:
         task.load_dataset(subset)
-    except FileNotFoundError as error:
-        raise AnalysisError(f"{path}: subset {subset!r}: {error}") from None
+    except (FileNotFoundError, ValueError) as error:
+        raise AnalysisError(f"{path}: subset {subset!r} of {data}: {error}") from None
     dataset = task.dataset(subset)
     indices = list(range(len(dataset) if max_sentences is None else min(max_sentences, len(dataset))))
     if not indices:
-        raise AnalysisError(f"subset {subset!r} of {task.cfg.data} is empty")
+        raise AnalysisError(f"subset {subset!r} of {data} is empty")
     chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     return [dataset.collater([dataset[i] for i in chunk]) for chunk in chunks], len(indices), dataset
 

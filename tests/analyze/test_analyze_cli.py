@@ -178,6 +178,9 @@ def test_bad_input_names_the_file_without_a_traceback(entmax_data, entmax_run, t
     cases = []
     missing = _analyze(entmax_data, "--path", tmp_path / "none.pt", "--out-dir", tmp_path)
     cases.append((missing, "none.pt: no such checkpoint"))
+    (tmp_path / "truncated.pt").write_bytes(checkpoint.read_bytes()[:1000])
+    cases.append((_analyze(entmax_data, "--path", tmp_path / "truncated.pt", "--out-dir", tmp_path),
+                  "truncated.pt: cannot be loaded"))
     bad_gold = tmp_path / "gold.align"
     bad_gold.write_text("0-0\n" * 3)
     cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path, "--gold-alignments", bad_gold),
@@ -189,8 +192,15 @@ def test_bad_input_names_the_file_without_a_traceback(entmax_data, entmax_run, t
                   "gold.align, line 5: link 99-1 (0-based) is out of range"))
     cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path, "--gold-alignments",
                            tmp_path / "missing.align"), "missing.align: no such alignment file"))
-    cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path, "--gen-subset", "valid",
-                           "--max-sentences", "0"), "subset 'valid'"))
+    (tmp_path / "empty.src").write_text("")
+    (tmp_path / "empty.tgt").write_text("")
+    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--testpref", tmp_path / "empty",
+            "--destdir", tmp_path / "empty-bin", "--srcdict", entmax_data / "dict.src.txt", "--tgtdict",
+            entmax_data / "dict.tgt.txt", "--workers", "1")
+    cases.append((_analyze(tmp_path / "empty-bin", "--path", checkpoint, "--out-dir", tmp_path),
+                  "subset 'test' of " + str(tmp_path / "empty-bin") + " is empty"))
+    cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path, "--max-sentences", "0"),
+                  "--max-sentences: must be a positive number, got 0"))
     other_data = make_translation_data(tmp_path / "other", train=40, valid=5, test=5)  # a smaller dictionary
     cases.append((_analyze(other_data, "--path", checkpoint, "--out-dir", tmp_path),
                   "do not match the checkpoint's"))

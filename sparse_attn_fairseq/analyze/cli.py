@@ -90,9 +90,8 @@ def load(path: Path, data: Path):
     return model, arch, task
 
 
-def batches(task, subset: str, max_sentences: int | None, batch_size: int, path: Path):
+def batches(task, data: Path, subset: str, max_sentences: int | None, batch_size: int, path: Path):
     """The subset's first ``max_sentences`` sentences as fairseq samples, with their count and the dataset."""
-    data = Path(task.cfg.data)
     binaries = list(data.glob(f"{subset}.*bin")) + list(data.glob(f"{subset}.bin"))
     if binaries and all(b.stat().st_size == 0 for b in binaries):  # fairseq cannot even open an empty one
         raise AnalysisError(f"subset {subset!r} of {data} is empty ({binaries[0].name} has no sentences)")
@@ -237,7 +236,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     reports, maps = [], []
     for path in args.path:
         model, arch, task = load(path, args.data)
-        samples, count, dataset = batches(task, args.gen_subset, args.max_sentences, args.batch_size, path)
+        samples, count, dataset = batches(task, args.data, args.gen_subset, args.max_sentences, args.batch_size, path)
         golds = None
         if args.gold_alignments is not None and getattr(model, "encoder", None) is None:
             raise AnalysisError(f"{path}: --gold-alignments needs a translation model (this is a language model)")

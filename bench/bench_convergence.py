@@ -286,7 +286,8 @@ def plot(summary: dict, runs: list[Run], path: Path) -> bool:
             if s["median_curve"]:
                 ax.plot(*zip(*s["median_curve"]), color=color, linewidth=2,
                         label=f"{name} (BLEU {s['bleu']:.1f})")
-        ax.set_title(f"task {task}: smoothed median of seeds {', '.join(map(str, next(iter(models.values()))['seeds']))}")
+        seeds = ", ".join(map(str, next(iter(models.values()))["seeds"]))
+        ax.set_title(f"task {task}: smoothed median of seeds {seeds}")
         ax.set_xlabel("updates")
         ax.set_ylabel("validation loss (label-smoothed, bits)")
         ax.grid(alpha=0.3)

@@ -4,8 +4,9 @@
         [--gold-alignments FILE [--gold-format pharaoh|talp] [--gold-encoding latin-1]] [--max-sentences N] [--cpu]
 
 Teacher-forced passes over the subset (a progress bar per model); writes ``analysis.json`` (schema: SCHEMA below),
-``report.md``, PNG plots (with matplotlib) and ``report.html``, one self-contained page. Bad input (a missing or unsupported checkpoint, a dictionary that does not match it, a malformed
-alignment file, an empty subset) ends with one line naming what is wrong and exit code 2.
+``report.md``, PNG plots (with matplotlib) and ``report.html``, one self-contained page. Bad input (a missing or
+unsupported checkpoint, a dictionary that does not match it, a malformed alignment file, an empty subset) ends with
+one line naming what is wrong and exit code 2.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--piece-style", choices=("auto", *PIECE_STYLES), default="auto",
                         help="how subword pieces form words (auto: from the dictionary's markers)")
     parser.add_argument("--max-sentences", type=_positive, help="analyse the first N sentences of the subset")
-    parser.add_argument("--sentences", default="0", help="ids of the sentences whose attention maps are drawn (I,J,...)")
+    parser.add_argument("--sentences", default="0",
+                        help="ids of the sentences whose attention maps are drawn (I,J,...)")
     parser.add_argument("--batch-size", type=_positive, default=32)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     parser.add_argument("--scores", type=Path, help="a TSV of checkpoint path, BLEU and training words/s per line, "
@@ -175,7 +177,8 @@ def summary(reports: list[dict], scores: dict[str, tuple[str, str]]) -> str:
         if "aer" in report:
             aer_cell = f"{min(min(x['head_average'], x['best_head_aer']) for x in report['aer']['normal']):.3f}"
         bleu, wps = scores.get(report["path"], ("-", "-"))
-        lines.append(f"{report['arch']:<28} {bleu:>6} {aer_cell:>6} {mean([l['zero_fraction'] for l in layers], '{:.0%}'):>6} "
+        zeros = mean([layer["zero_fraction"] for layer in layers], "{:.0%}")
+        lines.append(f"{report['arch']:<28} {bleu:>6} {aer_cell:>6} {zeros:>6} "
                      f"{mean([l['js'] for l in layers], '{:.3f}'):>6} {mean([h.get('alpha') for h in heads]):>6} "
                      f"{mean([h.get('span') for h in heads], '{:.1f}'):>6} "
                      f"{mean([l['null_rate'] for l in layers], '{:.0%}'):>6} {wps:>9}")
@@ -199,7 +202,8 @@ def read_scores(path: Path | None) -> dict[str, tuple[str, str]]:
 def markdown(reports: list[dict]) -> str:
     lines = ["# What every head learned", "",
              "| model | attention | layer | zeros | support (keys) | relative support | null rows | JS | mean alpha "
-             "| mean span | AER normal / shifted (best head) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| mean span | AER normal / shifted (best head) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for report in reports:
         for attention_type, layers in report["attention"].items():
             for layer in layers:

@@ -204,6 +204,12 @@ def test_bad_input_names_the_file_without_a_traceback(entmax_data, entmax_run, t
     other_data = make_translation_data(tmp_path / "other", train=40, valid=5, test=5)  # a smaller dictionary
     cases.append((_analyze(other_data, "--path", checkpoint, "--out-dir", tmp_path),
                   "do not match the checkpoint's"))
+    cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path, "--sentences", "0,x"),
+                   "--sentences '0,x': expected sentence ids"))
+    (tmp_path / "scores.tsv").write_text(f"{checkpoint}\t99.1\n")
+    cases.append((_analyze(entmax_data, "--path", checkpoint, "--out-dir", tmp_path,
+                           "--scores", tmp_path / "scores.tsv"),
+                  "scores.tsv, line 1: expected checkpoint, BLEU and words/s"))
     for result, message in cases:
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr

@@ -1,8 +1,9 @@
 """Sparse and adaptive attention for fairseq, loaded with ``--user-dir``.
 
-Importing this package registers its models and architectures with fairseq.
+Importing this package registers its models and architectures, the streaming task ``truncated_bptt_lm`` and the
+optimizer ``adagrad_with_grad_clip`` with fairseq.
 """
 
-from sparse_attn_fairseq import models  # noqa: F401  (registers architectures)
+from sparse_attn_fairseq import models, optim, tasks  # noqa: F401  (registrations)
 
 __version__ = "0.1.0"

@@ -150,6 +150,28 @@ class AdaptiveSpanConfig(FairseqDataclass):
     )
 
 
+SPAN_POSITIONS = ("auto", "absolute", "relative")
+SpanPositionsChoice = ChoiceEnum(SPAN_POSITIONS)
+SpanMemoryChoice = ChoiceEnum(("span", "full"))
+
+
+@dataclass
+class StreamingSpanConfig(FairseqDataclass):
+    """Adaptive span language model: positions, and the memory it keeps in the streaming task."""
+
+    adaptive_span_positions: SpanPositionsChoice = field(  # type: ignore[valid-type]
+        default="auto",
+        metadata={"help": "relative: a learned key-position term q . e_d per distance d (the paper's), instead of "
+                          "absolute position embeddings; auto: relative in --task truncated_bptt_lm, else absolute"},
+    )
+    adaptive_span_memory: SpanMemoryChoice = field(  # type: ignore[valid-type]
+        default="span",
+        metadata={"help": "memory of earlier tokens in --task truncated_bptt_lm: span (trimmed to what the learned "
+                          "spans reach, the paper's adapt-span cache) or full (S tokens, all attended: the cost of a "
+                          "Transformer-XL with that context)"},
+    )
+
+
 @dataclass
 class RelaLMAttentionConfig(RelaNormConfig):
     """Flags of the ReLA language model: decoder self-attention only."""
@@ -160,7 +182,7 @@ class RelaLMAttentionConfig(RelaNormConfig):
 
 
 @dataclass
-class SpanLMAttentionConfig(EntmaxLMAttentionConfig, AdaptiveSpanConfig):
+class SpanLMAttentionConfig(EntmaxLMAttentionConfig, AdaptiveSpanConfig, StreamingSpanConfig):
     """Language model with adaptive span: softmax by default."""
 
     decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]

@@ -14,6 +14,10 @@ softmax" exactly; for entmax it defines entmax over the keys within the span. Ei
 largest span + ramp never matter, so self-attention is computed on a band of keys (functional/banded.py) and the
 incremental cache keeps only that many keys: cost and generation memory grow with the span, not the length.
 
+Streaming language models add two things (both set by the decoder): a memory (modules/stream_memory.py) of the
+keys and values of the tokens before the current block, prepended to the block's own and trimmed to what the spans
+reach, and relative key positions (layers/key_positions.py), a score term q . e_d per query-key distance d.
+
 Cached keys and values have fairseq's layout (kv_bsz, num_heads, src_len, head_dim).
 """
 
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import math
 from typing import Dict, Optional, Tuple
+
+import torch.nn.functional as F
 
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
@@ -30,14 +36,16 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 from sparse_attn_fairseq.functional.banded import (
-    Band, band_gather_keys, band_gather_rows, band_mix, band_scores, make_band, unband,
+    Band, band_gather_keys, band_gather_rows, band_mix, band_queries, band_scores, make_band, unband,
 )
 from sparse_attn_fairseq.functional.masking import fill_masked, split_attn_mask
-from sparse_attn_fairseq.functional.span import keep_spans_in_graph, span_distances
+from sparse_attn_fairseq.functional.span import keep_spans_in_graph, keys_needed, span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 _WIDEST_BAND = 1.5  # a full pass uses the band while it is narrower than this many sequence lengths
+_MEMORY_GRAIN = 64  # memories are trimmed to a multiple of this many keys: slack for spans that grow while training
+MEMORY_MODES = ("span", "full")  # trim the memory to the spans (the paper's adapt-span cache), or keep S keys
 
 
 @with_incremental_state
@@ -113,7 +121,19 @@ class SparseMultiheadAttention(nn.Module):
         self.stats_key = stats_key
         self.layer_index: Optional[int] = None  # set by the encoder/decoder: per-layer span log keys
         self.span_banding = True  # False forces the full computation (tests and benchmarks compare the two)
+        self.memory = None  # a modules.stream_memory.MemorySlot, lent for one streaming forward
+        self.memory_mode = "span"  # see MEMORY_MODES; "full" also computes every memory key (Transformer-XL's cost)
         self.reset_parameters()
+
+    @property
+    def key_positions(self) -> Optional[nn.Module]:
+        """Relative key positions (layers/key_positions.KeyPositions) or None; shared by a decoder's layers, so held
+        without registering it here (its owner saves and moves it)."""
+        return self.__dict__.get("_key_positions")
+
+    def use_key_positions(self, key_positions: Optional[nn.Module]) -> None:
+        """Add the score term q . e_d of ``key_positions`` (owned elsewhere) for every query-key distance d."""
+        self.__dict__["_key_positions"] = key_positions
 
     def reset_parameters(self) -> None:
         """fairseq's initialisation: scaled Xavier when q, k, v share a size, zero output bias."""
@@ -148,12 +168,14 @@ class SparseMultiheadAttention(nn.Module):
         if saved_state is not None and static_kv and "prev_key" in saved_state:
             key = value = None  # static keys of this sentence are cached: skip their projection
         q, k, v, key_padding_mask = self._project(query, key, value, key_padding_mask)
+        spans = self._spans(query, key_padding_mask)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
         if saved_state is not None:
             k, v, key_padding_mask = self._update_cache(incremental_state, saved_state, k, v, key_padding_mask, static_kv)
+        elif self.memory is not None:
+            k, v, key_padding_mask, attn_mask = self._with_memory(k, v, key_padding_mask, attn_mask)
         if before_softmax:
             return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
                                                v)
-        spans = self._spans(query, key_padding_mask)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
         covering = spans is not None and float(spans.detach().min()) >= k.size(2) - 1  # m = 1 on every key
         band = None if covering else self._band(spans, tgt_len, k.size(2), incremental_state)
         if band is None:
@@ -167,7 +189,7 @@ class SparseMultiheadAttention(nn.Module):
         if self.output_norm is not None:  # attn: (tgt_len, bsz, embed_dim)
             attn = self.output_norm(attn)
         if band is not None and (need_weights or need_head_weights):
-            weights = unband(weights, band)  # (bsz, H, tgt_len, src_len)
+            weights = unband(weights, band, k.size(2))  # (bsz, H, tgt_len, src_len)
         return self.out_proj(attn), self._returned_weights(weights, need_weights or need_head_weights, need_head_weights)
 
     # ----- adaptive span: spans, band choice, full and banded weights -----
@@ -184,10 +206,13 @@ class SparseMultiheadAttention(nn.Module):
         return spans
 
     def _band(self, spans: Optional[Tensor], tgt_len: int, src_len: int, incremental_state) -> Optional[Band]:
-        """The band of keys a full self-attention pass needs, or None where the full computation is used."""
-        if spans is None or not self.span_banding or incremental_state is not None or tgt_len != src_len:
+        """The band of keys a full self-attention pass needs (over the memory too), or None where the full
+        computation is used."""
+        if spans is None or not self.span_banding or incremental_state is not None or self.memory_mode == "full":
             return None
-        band = make_band(src_len, self.span.keys_needed(src_len, spans), self.causal)
+        if tgt_len != src_len and self.memory is None:
+            return None
+        band = make_band(tgt_len, self.span.keys_needed(src_len, spans), self.causal, memory=src_len - tgt_len)
         # The full path builds the span mask over every query-key pair: ~3.5x plain attention at 2048 tokens, so a
         # band somewhat wider than the sequence still wins (measured: 1.1-1.3 lengths faster, 1.9 slower).
         return band if band.width < _WIDEST_BAND * src_len else None
@@ -199,10 +224,13 @@ class SparseMultiheadAttention(nn.Module):
         ``covering``: every span reaches every distance (z >= src_len - 1), so the span mask is 1 wherever a key may
         be seen and is skipped (future keys are still masked for a causal span)."""
         scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
+        tgt_len, src_len = scores.shape[-2:]
+        if self.key_positions is not None:  # queries are the last tgt_len keys
+            dist = span_distances(tgt_len, src_len, True, query_offset=src_len - tgt_len, device=scores.device)
+            scores = scores + self.key_positions(q, dist, src_len)
         scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
         if spans is None:
             return self.normalizer(scores, mask), mask
-        tgt_len, src_len = scores.shape[-2:]
         if covering:
             mask = self._future_mask(mask, tgt_len, src_len, scores.device) if self.causal else mask
             return keep_spans_in_graph(self.normalizer(scores, mask), spans), mask
@@ -228,6 +256,9 @@ class SparseMultiheadAttention(nn.Module):
         (bsz, 1, num_blocks, block, width); a static span's soft mask is (H, 1, block, width), the same in every block.
         """
         scores = band_scores(q, k, band)  # (bsz, num_heads, num_blocks, block, width)
+        if self.key_positions is not None:  # distances are the same in every block
+            scores = scores + self.key_positions(band_queries(q, band), band.distances(True, scores.device),
+                                                 band.left + band.block)
         masked, bias = self._band_key_bias(band, key_padding_mask, attn_mask, scores.dtype, scores.device)
         scores = scores.add_(bias)  # the matmul's output is not needed by its backward: add in place
         if spans.ndim == 3:  # dynamic (bsz, H, tgt_len) -> (bsz, H, num_blocks, block), zero for padded rows
@@ -341,6 +372,31 @@ class SparseMultiheadAttention(nn.Module):
         saved_state["prev_key_padding_mask"] = None if key_padding_mask is None else key_padding_mask[:, -keep:]
         self._set_input_buffer(incremental_state, saved_state)
         return k, v, key_padding_mask
+
+    def _with_memory(self, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor]
+                     ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Prepend the memory's keys, values and padding to this block's, widen attn_mask (tgt_len, src_len) over
+        them (every memory key is in the past), and store what the next block can reach."""
+        cached = self.memory.read()
+        if cached is not None:
+            mem_k, mem_v, mem_padding = cached
+            if key_padding_mask is not None or mem_padding is not None:
+                key_padding_mask = torch.cat([
+                    mem_padding if mem_padding is not None else k.new_zeros(mem_k.shape[0], mem_k.size(2), dtype=torch.bool),
+                    key_padding_mask.to(torch.bool) if key_padding_mask is not None
+                    else k.new_zeros(k.size(0), k.size(2), dtype=torch.bool)], dim=1)
+            if attn_mask is not None:
+                attn_mask = F.pad(attn_mask, (mem_k.size(2), 0), value=False if attn_mask.dtype == torch.bool else 0.0)
+            k, v = torch.cat([mem_k, k], dim=2), torch.cat([mem_v, v], dim=2)
+        self.memory.write(k, v, key_padding_mask, self._memory_keys(k.size(2)))
+        return k, v, key_padding_mask, attn_mask
+
+    def _memory_keys(self, available: int) -> int:
+        """Keys the next block can reach: the largest span plus the ramp, rounded up to a multiple of
+        _MEMORY_GRAIN (the whole S plus the ramp with memory_mode "full")."""
+        if self.memory_mode == "full":
+            return min(available, keys_needed(self.span.max_span, self.span.ramp, available))
+        return min(available, -(-self.span.cache_keys(available) // _MEMORY_GRAIN) * _MEMORY_GRAIN)
 
     def _scores(self, q: Tensor, k: Tensor) -> Tensor:
         """q.k / sqrt(head_dim) (q is pre-scaled); keys shared by a sentence's beams broadcast over them.

@@ -28,6 +28,7 @@ from sparse_attn_fairseq.options import SPAN, SpanAttentionConfig, SpanLMAttenti
 from sparse_attn_fairseq.tasks.truncated_bptt_lm import TruncatedBPTTLMTask
 
 logger = logging.getLogger(__name__)
+RELATIVE_MAX_POSITIONS = 1 << 20  # what max_positions() reports with relative positions: only memory bounds a prompt
 
 
 @register_model("transformer_adaptive_span")
@@ -56,6 +57,7 @@ class TransformerAdaptiveSpanLanguageModel(AdaptiveSpanTraining, SparseTransform
 
     attention_method = SPAN
     attention_span = True
+    takes_stream_position = True  # truncated_bptt_lm passes ``stream`` to forward
 
     def __init__(self, decoder):
         super().__init__(decoder)
@@ -79,6 +81,7 @@ class TransformerAdaptiveSpanLanguageModel(AdaptiveSpanTraining, SparseTransform
             model.decoder.key_positions = KeyPositions(keys_needed(args.adaptive_span_max, args.adaptive_span_ramp,
                                                                    10**9), args.decoder_embed_dim //
                                                        args.decoder_attention_heads)
+            model.decoder.max_target_positions = RELATIVE_MAX_POSITIONS  # no position table limits the length
         for attention in model.span_attentions():
             attention.use_key_positions(getattr(model.decoder, "key_positions", None))
             attention.memory_mode = str(safe_getattr(args, "adaptive_span_memory", "span"))

@@ -52,6 +52,7 @@ class TruncatedBPTTLMTask(FairseqTask):
 
     def __init__(self, cfg: TruncatedBPTTLMConfig):
         super().__init__(cfg)
+        self.models_take_stream = True
         if cfg.data_parallel_rank is None or cfg.data_parallel_size is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             cfg.data_parallel_rank = dist_utils.get_data_parallel_rank() if distributed else 0
@@ -67,6 +68,13 @@ class TruncatedBPTTLMTask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         return cls(cfg)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        """The model; batches tell it their stream position only if it keeps a memory (``takes_stream_position``):
+        fairseq's own language models run without one."""
+        model = super().build_model(cfg, from_checkpoint)
+        self.models_take_stream = getattr(model, "takes_stream_position", False)
+        return model
 
     def streams_per_rank(self, split: str) -> int:
         size = self.cfg.batch_size if split == "train" else (self.cfg.batch_size_valid or self.cfg.batch_size)
@@ -87,7 +95,9 @@ class TruncatedBPTTLMTask(FairseqTask):
                                pad=self.dictionary.pad(), name=split)
         self.datasets[split] = streams
         logger.info(f"{split}: {tokens.numel():,} tokens in {self.streams_per_rank(split)} streams per rank x "
-                    f"{self.cfg.data_parallel_size} ranks, {len(streams)} blocks of {self.cfg.tokens_per_sample}")
+                    f"{self.cfg.data_parallel_size} ranks, {len(streams)} blocks of {self.cfg.tokens_per_sample}; "
+                    "every token is predicted once, so the loss in base 2 is bits per token (per character on "
+                    "character data)")
 
     def dataset(self, split: str):
         if split not in self.datasets:
@@ -112,10 +122,12 @@ class TruncatedBPTTLMTask(FairseqTask):
         (item,) = items
         inputs, targets = item["inputs"], item["targets"]
         real = targets.ne(self.dictionary.pad())
+        net_input = {"src_tokens": inputs, "src_lengths": real.sum(1)}
+        if self.models_take_stream:
+            net_input["stream"] = StreamPosition(dataset.name, item["index"])
         return {
             "id": torch.full((inputs.size(0),), item["index"], dtype=torch.long),
-            "net_input": {"src_tokens": inputs, "src_lengths": real.sum(1),
-                          "stream": StreamPosition(dataset.name, item["index"])},
+            "net_input": net_input,
             "target": targets,
             "nsentences": inputs.size(0),
             "ntokens": int(real.sum()),

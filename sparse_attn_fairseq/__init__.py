@@ -4,6 +4,6 @@ Importing this package registers its models and architectures, the streaming tas
 optimizer ``adagrad_with_grad_clip`` with fairseq.
 """
 
-from sparse_attn_fairseq import models, optim, tasks  # noqa: F401  (registrations)
+from sparse_attn_fairseq import criterions, models, optim, tasks  # noqa: F401  (registrations)
 
 __version__ = "0.1.0"

@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Tuple
 
-import torch.nn.functional as F
-
 import torch
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules.fairseq_dropout import FairseqDropout
@@ -41,6 +39,7 @@ from sparse_attn_fairseq.functional.banded import (
 from sparse_attn_fairseq.functional.masking import fill_masked, split_attn_mask
 from sparse_attn_fairseq.functional.span import keep_spans_in_graph, keys_needed, span_distances
 from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
+from sparse_attn_fairseq.modules.stream_memory import prepend_memory
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 _WIDEST_BAND = 1.5  # a full pass uses the band while it is narrower than this many sequence lengths
@@ -171,8 +170,9 @@ class SparseMultiheadAttention(nn.Module):
         spans = self._spans(query, key_padding_mask)  # (num_heads,) or (bsz, num_heads, tgt_len) in tokens, or None
         if saved_state is not None:
             k, v, key_padding_mask = self._update_cache(incremental_state, saved_state, k, v, key_padding_mask, static_kv)
-        elif self.memory is not None:
-            k, v, key_padding_mask, attn_mask = self._with_memory(k, v, key_padding_mask, attn_mask)
+        elif self.memory is not None:  # streaming: the memory's keys come first; store what the next block reaches
+            k, v, key_padding_mask, attn_mask = prepend_memory(self.memory.read(), k, v, key_padding_mask, attn_mask)
+            self.memory.write(k, v, key_padding_mask, self._memory_keys(k.size(2)))
         if before_softmax:
             return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
                                                v)
@@ -372,24 +372,6 @@ class SparseMultiheadAttention(nn.Module):
         saved_state["prev_key_padding_mask"] = None if key_padding_mask is None else key_padding_mask[:, -keep:]
         self._set_input_buffer(incremental_state, saved_state)
         return k, v, key_padding_mask
-
-    def _with_memory(self, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor]
-                     ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Prepend the memory's keys, values and padding to this block's, widen attn_mask (tgt_len, src_len) over
-        them (every memory key is in the past), and store what the next block can reach."""
-        cached = self.memory.read()
-        if cached is not None:
-            mem_k, mem_v, mem_padding = cached
-            if key_padding_mask is not None or mem_padding is not None:
-                key_padding_mask = torch.cat([
-                    mem_padding if mem_padding is not None else k.new_zeros(mem_k.shape[0], mem_k.size(2), dtype=torch.bool),
-                    key_padding_mask.to(torch.bool) if key_padding_mask is not None
-                    else k.new_zeros(k.size(0), k.size(2), dtype=torch.bool)], dim=1)
-            if attn_mask is not None:
-                attn_mask = F.pad(attn_mask, (mem_k.size(2), 0), value=False if attn_mask.dtype == torch.bool else 0.0)
-            k, v = torch.cat([mem_k, k], dim=2), torch.cat([mem_v, v], dim=2)
-        self.memory.write(k, v, key_padding_mask, self._memory_keys(k.size(2)))
-        return k, v, key_padding_mask, attn_mask
 
     def _memory_keys(self, available: int) -> int:
         """Keys the next block can reach: the largest span plus the ramp, rounded up to a multiple of

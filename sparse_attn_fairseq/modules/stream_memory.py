@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 CachedKeys = Tuple[Tensor, Tensor, Optional[Tensor]]  # keys, values (bsz, H, M, head_dim), padding (bsz, M) or None
@@ -84,3 +85,20 @@ class StreamMemory:
         finally:
             for attention in attentions:
                 attention.memory = None
+
+
+def prepend_memory(cached: Optional[CachedKeys], k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+                   attn_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Keys and values (bsz, H, len, head_dim) with the memory's before them, the key padding mask (bsz, len) over
+    both, and attn_mask (tgt_len, len) widened over the memory (every memory key is in the past)."""
+    if cached is None:
+        return k, v, key_padding_mask, attn_mask
+    mem_k, mem_v, mem_padding = cached
+    if key_padding_mask is not None or mem_padding is not None:
+        def flags(padding, keys):
+            return padding.to(torch.bool) if padding is not None else keys.new_zeros(keys.size(0), keys.size(2),
+                                                                                      dtype=torch.bool)
+        key_padding_mask = torch.cat([flags(mem_padding, mem_k), flags(key_padding_mask, k)], dim=1)
+    if attn_mask is not None:
+        attn_mask = F.pad(attn_mask, (mem_k.size(2), 0), value=False if attn_mask.dtype == torch.bool else 0.0)
+    return torch.cat([mem_k, k], dim=2), torch.cat([mem_v, v], dim=2), key_padding_mask, attn_mask

@@ -134,3 +134,12 @@ class SparseTransformerDecoder(TransformerDecoderBase):
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return wrap_layer(SparseTransformerDecoderLayer(cfg, self.attention_options, no_encoder_attn), cfg)
+
+    def buffered_future_mask(self, tensor):
+        """fairseq's (T, T) mask of future keys, or None when every self-attention has a causal span: a span mask
+        already gives those keys zero weight, and gathering the mask onto a band would cost time and memory."""
+        spans = [m.span is not None and m.causal for m in self.modules() if isinstance(m, SparseMultiheadAttention)
+                 and m.self_attention]
+        if spans and all(spans):
+            return None
+        return super().buffered_future_mask(tensor)

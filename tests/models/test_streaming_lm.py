@@ -120,3 +120,27 @@ def test_checkpoints_hold_no_memory(tmp_path):
     assert not [name for name in state if "memory" in name]
     assert sum(v.numel() for v in state.values()) == sum(p.numel() for p in model.parameters()) + sum(
         b.numel() for b in model.buffers())
+
+
+@pytest.mark.parametrize("normalizer", ["rela", "entmax15"])
+def test_every_normalizer_composes_with_span_and_memory(normalizer):
+    """One span attention module (ReLA with its output norm; entmax): blocks with memory equal one full pass."""
+    from sparse_attn_fairseq.layers.key_positions import KeyPositions
+    from sparse_attn_fairseq.modules.stream_memory import StreamMemory
+    from sparse_attn_fairseq.modules.transformer_layers import build_sparse_attention
+    from sparse_attn_fairseq.options import NormalizerSpec, SpanOptions
+
+    torch.manual_seed(0)
+    spec = NormalizerSpec(normalizer, output_norm=(("variant", "gated"), ("per_head", False), ("gate_init", "glorot"))
+                          if normalizer == "rela" else None)
+    attention = build_sparse_attention(16, 2, spec, span=SpanOptions(12, 3, 0.5, 0.0, False), self_attention=True,
+                                       causal=True).double().eval()
+    attention.use_key_positions(KeyPositions(15, 8).double())
+    x = torch.randn(4 * BLOCK, 2, 16, dtype=torch.float64)
+    full, _ = attention(x, x, x, need_weights=False)
+    memory, outs = StreamMemory(), []
+    for b in range(4):
+        with memory.attached([attention], StreamPosition("train", b), 2):
+            block = x[b * BLOCK: (b + 1) * BLOCK]
+            outs.append(attention(block, block, block, need_weights=False)[0])
+    assert max_err(torch.cat(outs), full) <= 1e-5

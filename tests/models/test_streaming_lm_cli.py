@@ -92,3 +92,19 @@ def test_two_processes_train_their_own_streams(stream_bin, tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert all(torch.equal(ranks[0][name], ranks[1][name]) for name in ranks[0])
     assert num_updates(tmp_path / "checkpoint_last.pt") == 6
+
+
+def test_the_commands_of_fairseqs_adaptive_span_example_run(stream_bin, tmp_path):
+    """examples/adaptive_span/README.md's train and eval commands, scaled down; the data folder is positional (the
+    README's ``--data`` is not a fairseq-train flag)."""
+    run_cli("fairseq-train", "--user-dir", USER_DIR, stream_bin, "--max-update", "6", "--task", "truncated_bptt_lm",
+            "--tokens-per-sample", "8", "--arch", "adaptive_span", "--n-layer", "2", "--d-model", "32", "--n-head",
+            "2", "--d-inner", "64", "--dropout", "0.3", "--attn-span", "64", "--optimizer", "adagrad_with_grad_clip",
+            "--adagrad-clip", "0.03", "--validate-interval-updates", "3", "--lr-scheduler", "fixed",
+            "--warmup-updates", "2", "--batch-size-valid", "4", "--lr", "0.07", "--criterion", "adaptive_span_loss",
+            "--batch-size", "4", "--update-freq", "1", "--seed", "2", "--log-format", "json", "--log-interval", "3",
+            "--aux-loss-scaler", "5e-07", "--cpu", "--save-dir", tmp_path)
+    result = run_cli("fairseq-eval-lm", stream_bin, "--path", tmp_path / "checkpoint_best.pt", "--user-dir", USER_DIR,
+                     "--task", "truncated_bptt_lm", "--batch-size", "8", "--tokens-per-sample", "8", "--gen-subset",
+                     "test", "--cpu")
+    assert re.search(r"Loss \(base 2\): [\d.]+", result.stdout + result.stderr)

@@ -47,7 +47,8 @@ setup(
         "sentencepiece",
     ],
     extras_require={
-        "test": ["pytest>=7", "entmax==1.3", "tensorboardX"],
+        "test": ["pytest>=7", "entmax==1.3", "tensorboardX", "sacremoses"],
+        "recipes": ["sacremoses"],  # tokenised BLEU (Moses tokeniser), as the entmax paper reports
         "plot": ["matplotlib"],
         "plots": ["matplotlib"],
     },

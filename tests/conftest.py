@@ -120,4 +120,20 @@ def rela_run(entmax_data, tmp_path_factory):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: builds a virtual environment or trains for long")
+    config.addinivalue_line("markers", "slow: runs console scripts or subprocesses (train, install, recipes); "
+                                       "`pytest -m 'not slow'` (make test-fast) runs the in-process tests alone")
+
+
+_SUBPROCESS_MARKS = ("run_cli(", "subprocess", "recipe(")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of a module that runs console scripts or subprocesses as slow."""
+    slow_modules = {}
+    for item in items:
+        path = Path(str(item.fspath))
+        if path not in slow_modules:
+            source = path.read_text(encoding="utf-8") if path.suffix == ".py" else ""
+            slow_modules[path] = any(mark in source for mark in _SUBPROCESS_MARKS)
+        if slow_modules[path]:
+            item.add_marker(pytest.mark.slow)

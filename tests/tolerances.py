@@ -9,6 +9,13 @@ ATOL = {
     torch.float16: 1e-3,
 }
 GRADCHECK = {"eps": 1e-6, "atol": 1e-6, "rtol": 1e-4}  # float64 finite differences
+# Two computations of the same function (max abs difference):
+INCREMENTAL = 1e-5  # step-by-step incremental decoding against one full forward, float32
+BAND = 1e-5  # banded span attention against the full masked computation
+STREAMING = 1e-5  # blocks with memory against one forward over the whole sequence, float64 (issue: <= 1e-5)
+CLOSED_FORM = 1e-6  # float32 values against a closed form or a hand-built reference
+STOCK = 1e-5  # our modules with softmax against fairseq's own (float32)
+SPAN_PENALTY = 1e-6  # the span penalty's gradient against its closed form
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

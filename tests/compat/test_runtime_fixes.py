@@ -38,10 +38,21 @@ def test_switching_all_fixes_off_restores_upstream_failure():
     assert result.returncode != 0 and "mutable default" in result.stderr
 
 
+_FIXES_INSTALLED = ("import sys; from sparse_attn_fairseq_compat.hook import _FixFinder\n"
+                    "print('fixes installed:', any(isinstance(f, _FixFinder) for f in sys.meta_path))")
+
+
+def test_the_start_up_hook_installs_the_fixes():
+    """The .pth file ran at start-up (site.py would swallow its errors): the finder is on sys.meta_path."""
+    assert "fixes installed: True" in _python(_FIXES_INSTALLED).stdout
+
+
 def test_unknown_fix_name_is_an_error():
-    result = _python("import fairseq", SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE="numpy3")
-    assert result.returncode != 0
+    """site.py prints, then swallows, the hook's error: check the message and that no fix was installed, not just
+    that a later import failed."""
+    result = _python(_FIXES_INSTALLED, SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE="numpy3")
     assert "unknown fixes ['numpy3']" in result.stderr and "bettertransformer" in result.stderr
+    assert "fixes installed: False" in result.stdout
 
 
 _COUNT_FUSED_CALLS = """

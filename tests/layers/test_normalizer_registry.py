@@ -6,7 +6,7 @@ from torch import nn
 
 from sparse_attn_fairseq.functional.entmax import entmax_alpha
 from sparse_attn_fairseq.layers import normalizers as reg
-from tests.tolerances import ATOL, max_err
+from tests.tolerances import ATOL, CLOSED_FORM, max_err
 
 NAMES = ("entmax15", "entmax_alpha", "entmax_fixed", "rela", "softmax", "sparsemax")
 
@@ -41,7 +41,7 @@ def test_every_normalizer_shape_dtype_mask(name, dtype):
 
 def test_entmax_alpha_parametrisation():
     module = reg.build_normalizer("entmax_alpha", 4, init=1.3)
-    assert max_err(module.alpha(), torch.full((4,), 1.3)) <= 1e-6
+    assert max_err(module.alpha(), torch.full((4,), 1.3)) <= CLOSED_FORM
     with torch.no_grad():
         module.a.copy_(torch.tensor([-50.0, 50.0, 0.0, 1.0]))
     alpha = module.alpha()
@@ -61,7 +61,7 @@ def test_entmax_alpha_random_init_and_limits():
     for limit in (1.01, 2.0):
         at_limit = reg.build_normalizer("entmax_alpha", 2, init=limit)
         out = at_limit(torch.randn(1, 2, 3, 5))
-        assert max_err(out.sum(-1), torch.ones(1, 2, 3)) <= 1e-5
+        assert max_err(out.sum(-1), torch.ones(1, 2, 3)) <= ATOL[torch.float32]
 
 
 def test_option_validation_collects_problems():
@@ -82,7 +82,7 @@ def test_entmax_alpha_lr_scale_moves_alpha_faster_under_adam():
     steps = {}
     for scale in (1.0, 10.0):
         module = reg.build_normalizer("entmax_alpha", 2, init=1.3, lr_scale=scale)
-        assert max_err(module.alpha(), torch.full((2,), 1.3)) <= 1e-6 and f"lr_scale={scale}" in repr(module)
+        assert max_err(module.alpha(), torch.full((2,), 1.3)) <= CLOSED_FORM and f"lr_scale={scale}" in repr(module)
         logit_before = (module.alpha() - 1).logit().detach()
         optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
         module(torch.randn(2, 2, 3, 8, generator=torch.Generator().manual_seed(0))).pow(3).sum().backward()
@@ -103,7 +103,7 @@ def test_entmax_alpha_loads_a_trained_under_another_scale_with_alpha_unchanged()
     for scale in (1.0, 10.0, 0.5):
         new = reg.build_normalizer("entmax_alpha", 3, lr_scale=scale)
         new.load_state_dict(dict(state))
-        assert max_err(new.alpha(), old.alpha()) <= 1e-6 and float(new.a_scale) == scale
+        assert max_err(new.alpha(), old.alpha()) <= CLOSED_FORM and float(new.a_scale) == scale
         again = reg.build_normalizer("entmax_alpha", 3, lr_scale=2.0)
         again.load_state_dict(new.state_dict())
-        assert max_err(again.alpha(), old.alpha()) <= 1e-6
+        assert max_err(again.alpha(), old.alpha()) <= CLOSED_FORM

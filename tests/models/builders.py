@@ -140,3 +140,20 @@ def diff_to_stock_transformer(ours, task, train: bool) -> float:
     ours.train(train)
     stock.train(train)
     return (ours(src, lengths, prev)[0] - stock(src, lengths, prev)[0]).abs().max().item()
+
+
+def lm_incremental_vs_full(model, task, bsz=3, length=20, reorder_at=10, seed=0) -> float:
+    """Largest difference between step-by-step incremental log-probabilities of a language model (with a beam-style
+    reorder of the batch at ``reorder_at``) and one full forward over the same tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    dictionary = task.target_dictionary
+    src = torch.randint(dictionary.nspecial, len(dictionary), (bsz, length), generator=generator)
+    full = model.get_normalized_probs(model(src), log_probs=True)
+    state, order, steps = {}, torch.roll(torch.arange(bsz), 1), []
+    for t in range(length):
+        if t == reorder_at:
+            model.decoder.reorder_incremental_state_scripting(state, order)
+            src, full, steps = src[order], full[order], [s[order] for s in steps]
+        out = model.decoder(src[:, : t + 1], incremental_state=state)
+        steps.append(model.get_normalized_probs(out, log_probs=True)[:, -1])
+    return (torch.stack(steps, dim=1) - full).abs().max().item()

@@ -8,6 +8,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEn
 
 from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
+from tests.tolerances import SPAN_PENALTY
 from sparse_attn_fairseq.options import AttentionOptionsError
 from tests.models.builders import (
     NO_DROPOUT, TINY_LM_FLAGS, build, incremental_vs_full, normalizer_flags, random_batch, train_equals_eval_after_loading,
@@ -78,7 +79,7 @@ def test_span_penalty_gradient_is_independent_of_batch_size(criterion_cls, sente
         with_penalty = _penalty_gradients(coefficient, criterion_cls, bsz, sentence_avg)
         without = _penalty_gradients(0.0, criterion_cls, bsz, sentence_avg)
         for a, b in zip(with_penalty, without):  # d(coefficient * S * mean(z')) / dz' per layer
-            assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (bsz, a - b)
+            assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=SPAN_PENALTY), (bsz, a - b)
 
 
 @pytest.mark.parametrize("criterion_cls", [LabelSmoothedCrossEntropyCriterion, CrossEntropyCriterion])
@@ -90,7 +91,7 @@ def test_span_penalty_gradient_survives_fp16_loss_scaling(criterion_cls, loss_sc
     with_penalty = _penalty_gradients(coefficient, criterion_cls, 3, loss_scale=loss_scale)
     without = _penalty_gradients(0.0, criterion_cls, 3, loss_scale=loss_scale)
     for a, b in zip(with_penalty, without):
-        assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=1e-6), (loss_scale, a - b)
+        assert torch.allclose(a - b, torch.full_like(a, coefficient * max_span / heads), atol=SPAN_PENALTY), (loss_scale, a - b)
 
 
 def test_span_penalty_reaches_spans_that_cover_the_whole_sentence():
@@ -102,7 +103,7 @@ def test_span_penalty_reaches_spans_that_cover_the_whole_sentence():
     without = _penalty_gradients(0.0, CrossEntropyCriterion, 3, span_flags=covering)
     for a, b in zip(with_penalty, without):
         assert torch.equal(b, torch.zeros_like(b))  # m = 1 on every key: no data gradient
-        assert torch.allclose(a, torch.full_like(a, coefficient * max_span / heads), atol=1e-6)
+        assert torch.allclose(a, torch.full_like(a, coefficient * max_span / heads), atol=SPAN_PENALTY)
 
 
 def test_no_span_penalty_on_an_ignored_batch():

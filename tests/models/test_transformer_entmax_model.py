@@ -10,16 +10,16 @@ from tests.models.builders import (
     diff_to_stock_transformer,
     NO_DROPOUT, build, incremental_vs_full, normalizer_flags, random_batch, train_equals_eval_after_loading,
 )
+from tests.tolerances import STOCK
 
 # Tolerances of this file (max abs difference).
-SAME_AS_STOCK = 1e-5
 INCREMENTAL_LOGPROBS = 1e-4
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_softmax_everywhere_reproduces_stock_transformer(train):
     ours, task = build("transformer_entmax", *normalizer_flags("softmax"), *NO_DROPOUT)
-    assert diff_to_stock_transformer(ours, task, train) <= SAME_AS_STOCK
+    assert diff_to_stock_transformer(ours, task, train) <= STOCK
 
 
 def test_every_attention_is_sparse_multihead_attention():
@@ -37,7 +37,7 @@ def test_incremental_decoding_matches_full_forward_with_beam_reorder(normalizer)
 
 
 def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path):
-    assert train_equals_eval_after_loading("transformer_entmax", tmp_path) <= SAME_AS_STOCK
+    assert train_equals_eval_after_loading("transformer_entmax", tmp_path) <= STOCK
 
 
 def _alphas(model):

@@ -16,9 +16,9 @@ from tests.models.builders import (
     random_batch,
     train_equals_eval_after_loading,
 )
+from tests.tolerances import STOCK
 
 # Tolerances of this file (max abs difference).
-SAME_AS_STOCK = 1e-5
 INCREMENTAL_LOGPROBS = 1e-4  # float32
 INCREMENTAL_LOGPROBS_FLOAT64 = 1e-9
 
@@ -40,7 +40,7 @@ def _attentions(model):
 def test_softmax_everywhere_reproduces_stock_transformer(train):
     ours, task = build("transformer_rela", *normalizer_flags("softmax"), *NO_DROPOUT)
     assert all(a.output_norm is None for a in _attentions(ours))
-    assert diff_to_stock_transformer(ours, task, train) <= SAME_AS_STOCK
+    assert diff_to_stock_transformer(ours, task, train) <= STOCK
 
 
 def test_defaults_are_gated_rela_in_all_three_attention_types():
@@ -72,7 +72,7 @@ def test_incremental_decoding_matches_full_forward_with_beam_reorder(variant):
 
 @pytest.mark.parametrize("variant", ["gated", "init_per_head"])
 def test_train_mode_without_dropout_equals_eval_mode_after_loading(tmp_path, variant):
-    assert train_equals_eval_after_loading("transformer_rela", tmp_path, *VARIANTS[variant]) <= SAME_AS_STOCK
+    assert train_equals_eval_after_loading("transformer_rela", tmp_path, *VARIANTS[variant]) <= STOCK
 
 
 def _force_null_rows(attention):

@@ -7,10 +7,9 @@ from sparse_attn_fairseq.functional.span import keys_needed
 from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
 from sparse_attn_fairseq.layers.normalizers import build_normalizer
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
+from tests.tolerances import BAND, INCREMENTAL
 
 EMBED, HEADS, LENGTH, RAMP = 16, 4, 40, 4
-BAND_ATOL = 1e-5  # done-criterion 1: banded vs full masked computation
-INCREMENTAL_ATOL = 1e-5
 
 
 def _span_attention(normalizer="softmax", causal=True, dynamic=False, max_span=LENGTH, seed=0):
@@ -60,10 +59,10 @@ def test_banded_equals_full_masked_computation(normalizer, causal, dynamic):
         full = _run(attention, x, banded=False, padding=None if causal else padding)
         band = _run(attention, x, banded=True, padding=None if causal else padding)
         for a, b in zip(full[:2], band[:2]):  # outputs and weights
-            assert (a - b).abs().max().item() <= BAND_ATOL, (largest, a.shape)
+            assert (a - b).abs().max().item() <= BAND, (largest, a.shape)
         for a, b in zip(full[2], band[2]):  # gradients: sums in different orders, relative tolerance
             if a is not None:
-                assert (a - b).abs().max().item() <= BAND_ATOL * max(1.0, a.abs().max().item()), largest
+                assert (a - b).abs().max().item() <= BAND * max(1.0, a.abs().max().item()), largest
     assert banded_somewhere
 
 
@@ -86,8 +85,8 @@ def test_incremental_cache_is_trimmed_and_equals_full_forward(dynamic):
         full = attention(x, x, x, attn_mask=torch.triu(torch.full((LENGTH, LENGTH), float("-inf")), 1))[0]
     stepwise = torch.cat(steps)
     assert cached == keys_needed(6 if dynamic else 5, RAMP, LENGTH) < LENGTH
-    assert (stepwise[reorder_at:] - full[reorder_at:]).abs().max() <= INCREMENTAL_ATOL
-    assert (stepwise[:reorder_at].index_select(1, new_order) - full[:reorder_at]).abs().max() <= INCREMENTAL_ATOL
+    assert (stepwise[reorder_at:] - full[reorder_at:]).abs().max() <= INCREMENTAL
+    assert (stepwise[:reorder_at].index_select(1, new_order) - full[:reorder_at]).abs().max() <= INCREMENTAL
 
 
 def test_softmax_span_equals_papers_mask_after_softmax():
@@ -100,7 +99,7 @@ def test_softmax_span_equals_papers_mask_after_softmax():
         q = attention._split_heads(attention.q_proj(x) * attention.scaling)
         k = attention._split_heads(attention.k_proj(x))
         paper = attention.span(torch.softmax(q @ k.transpose(-1, -2), -1), causal=False)
-    assert (ours - paper).abs().max() <= BAND_ATOL
+    assert (ours - paper).abs().max() <= BAND
 
 
 @pytest.mark.parametrize("normalizer", ["softmax", "entmax15", "sparsemax"])
@@ -140,4 +139,4 @@ def test_spans_covering_every_distance_equal_the_masked_computation(normalizer, 
         reference = attention.normalizer(q @ k.transpose(-1, -2), soft == 0) * soft
         if normalizer != "rela":
             reference = reference / reference.sum(-1, keepdim=True)
-    assert (ours - reference).abs().max() <= BAND_ATOL
+    assert (ours - reference).abs().max() <= BAND

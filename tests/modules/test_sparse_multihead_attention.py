@@ -11,10 +11,10 @@ from sparse_attn_fairseq.layers.normalizers import build_normalizer, normalizer_
 from sparse_attn_fairseq.layers.rela_norm import RelaOutputNorm
 from sparse_attn_fairseq.modules.attention_stats import masked_count
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
+from tests.tolerances import CLOSED_FORM, INCREMENTAL
 
 EMBED, HEADS = 16, 4
 SPARSE = ("sparsemax", "entmax15", "entmax_fixed", "entmax_alpha")
-INCREMENTAL_ATOL = 1e-5
 
 
 def _attention(name, **kwargs):
@@ -87,10 +87,10 @@ def test_causal_self_attention_incremental_equals_full_with_reorder(case):
             steps.append(attention(step, step, step, incremental_state=state, need_weights=False)[0])
         stepwise = torch.cat(steps)  # (length, bsz, embed_dim)
         full_after = attention(x, x, x, attn_mask=_causal_mask(length))[0]
-    torch.testing.assert_close(stepwise[reorder_at:], full_after[reorder_at:], atol=INCREMENTAL_ATOL, rtol=0)
+    torch.testing.assert_close(stepwise[reorder_at:], full_after[reorder_at:], atol=INCREMENTAL, rtol=0)
     # steps before the reorder belong to the old order: undo it to compare
     torch.testing.assert_close(stepwise[:reorder_at].index_select(1, new_order), full_after[:reorder_at],
-                               atol=INCREMENTAL_ATOL, rtol=0)
+                               atol=INCREMENTAL, rtol=0)
 
 
 def test_cross_attention_shares_static_keys_across_beams():
@@ -111,7 +111,7 @@ def test_cross_attention_shares_static_keys_across_beams():
                                    static_kv=True)[0])
         cached = attention._get_input_buffer(state)["prev_key"]
     assert cached.shape[0] == bsz  # one copy of the keys per sentence, not per beam
-    torch.testing.assert_close(torch.cat(steps), full, atol=INCREMENTAL_ATOL, rtol=0)
+    torch.testing.assert_close(torch.cat(steps), full, atol=INCREMENTAL, rtol=0)
 
 
 def test_get_input_buffer_without_incremental_state_is_empty():
@@ -156,10 +156,10 @@ def test_rela_hand_computed_weights_masking_null_row_and_gated_norm():
                                  need_head_weights=True)
     # scores: q0 = [2, -1, (3)] / sqrt(2); q1 = [-2, 0, (-6)] / sqrt(2) -> a null row
     expected_weights = torch.tensor([[[math.sqrt(2), 0.0, 0.0], [0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(weights[0], expected_weights, atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights[0], expected_weights, atol=CLOSED_FORM, rtol=0)
     # o0 = sqrt(2) * k0 = [2 sqrt(2), 0]; rms = sqrt(8 / 2) = 2; y = o / rms * sigmoid(o); o1 = 0 -> y = 0
     expected_out = torch.tensor([[[math.sqrt(2) / (1 + math.exp(-2 * math.sqrt(2))), 0.0]], [[0.0, 0.0]]])
-    torch.testing.assert_close(out, expected_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, expected_out, atol=CLOSED_FORM, rtol=0)
     stats = agg.get_smoothed_values()
     assert stats["zeros_hand"] == pytest.approx(3 / 4) and stats["null_hand"] == pytest.approx(1 / 2)
 

@@ -19,6 +19,9 @@ import torch
 
 TRUST_VARIABLE = "SPARSE_ATTN_FAIRSEQ_TRUST_CHECKPOINTS"
 _FAIRSEQ_CALLERS = ("fairseq.", "fairseq_cli.")
+# Objects another rank of the same job pickled and broadcast (a loaded checkpoint on a distributed resume), not
+# files: loaded as fairseq does, since they hold fairseq's own placeholders and omegaconf metadata.
+_BROADCAST_CALLERS = ("fairseq.distributed.utils",)
 _original_load = torch.load
 
 
@@ -68,6 +71,8 @@ def load(f, *args, **kwargs):
     caller = sys._getframe(1).f_globals.get("__name__", "")
     if "weights_only" in kwargs or not caller.startswith(_FAIRSEQ_CALLERS):
         return _original_load(f, *args, **kwargs)
+    if caller.startswith(_BROADCAST_CALLERS) and not isinstance(f, (str, os.PathLike)):
+        return _original_load(f, *args, weights_only=False, **kwargs)
     if _trusted():
         return _original_load(f, *args, weights_only=False, **kwargs)
     try:

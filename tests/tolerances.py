@@ -16,6 +16,7 @@ STREAMING = 1e-5  # blocks with memory against one forward over the whole sequen
 CLOSED_FORM = 1e-6  # float32 values against a closed form or a hand-built reference
 STOCK = 1e-5  # our modules with softmax against fairseq's own (float32)
 SPAN_PENALTY = 1e-6  # the span penalty's gradient against its closed form
+DISTRIBUTED = 1e-5  # parameters after 2-process training against one process on the same batches
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

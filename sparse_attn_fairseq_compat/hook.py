@@ -17,6 +17,7 @@ FIXES: dict[str, tuple[str, str, str]] = {
     "numpy2_language_pair": ("fairseq.data.language_pair_dataset", "after", "numpy2:install"),
     "numpy2_data_utils": ("fairseq.data.data_utils", "after", "numpy2:install"),
     "cpu_ddp": ("fairseq.models.distributed_fairseq_model", "after", "cpu_ddp:install"),
+    "bf16_without_tpu": ("fairseq.options", "after", "bf16_without_tpu:install"),
 }
 
 

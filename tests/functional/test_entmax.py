@@ -181,3 +181,15 @@ def test_all_rows_working_set_and_compaction_agree(monkeypatch, dense_max, compa
     alpha = torch.linspace(1.01, 2.0, 8, dtype=torch.float64).view(8, 1)
     assert max_err(entmax_alpha(x, alpha), entmax_bisect_reference(x, alpha)) <= 1e-9
     assert max_err(sparsemax(x), sparsemax_reference(x)) <= 1e-9
+
+
+def test_alpha_nearest_one_is_solved_to_float32_accuracy():
+    """The bound behind --entmax-alpha-min >= 1.001 (options.ALPHA_NEAREST_ONE): float32 meets its tolerance there,
+    and not much closer to 1."""
+    from sparse_attn_fairseq.options import ALPHA_NEAREST_ONE
+
+    x = scores(64, 300)
+    for alpha, within in ((ALPHA_NEAREST_ONE, True), (1.0001, False)):
+        ours = entmax_alpha(x.float(), torch.tensor(alpha))
+        reference = entmax_bisect_reference(x, torch.tensor(alpha, dtype=torch.float64))
+        assert (max_err(ours, reference) <= ATOL[torch.float32]) is within, alpha

@@ -75,3 +75,17 @@ def test_rela_problems_name_the_flag_and_entmax_models_refuse_rela():
     assert "--decoder-attention-normalizer='entmax15': choose one of rela, softmax" in str(error.value)
     with pytest.raises(AttentionOptionsError, match="--encoder-attention-normalizer='rela'"):
         read_attention_options(Namespace(encoder_attention_normalizer="rela"))
+
+
+@pytest.mark.parametrize("flags,accepted", [
+    (dict(entmax_alpha_min=1.0), False), (dict(entmax_alpha_min=1.0005), False), (dict(entmax_alpha_min=1.001), True),
+    (dict(entmax_fixed_alpha=1.0), True), (dict(entmax_fixed_alpha=1.0005), False),
+])
+def test_alpha_too_close_to_one_is_refused_with_the_reason(flags, accepted):
+    from sparse_attn_fairseq.options import AttentionOptionsError
+
+    if accepted:
+        read_attention_options(Namespace(**flags))
+    else:
+        with pytest.raises(AttentionOptionsError, match="not solved to float32 accuracy"):
+            read_attention_options(Namespace(**flags))

@@ -117,3 +117,22 @@ def test_language_model_trains_and_evaluates(entmax_data, tmp_path, arch, log_ke
     train_log, eval_log = train_and_eval_lm(arch, entmax_data, tmp_path)
     assert re.search(rf"{log_key} [\d.]+", train_log)
     assert re.search(r"Loss \(base 2\): [\d.]+, Perplexity: [\d.]+", eval_log)
+
+
+def test_interactive_empty_and_overlong_lines(entmax_data, trained):
+    """An empty line is translated (from the end-of-sentence token alone) with finite scores; a line longer than
+    the model's positions stops with fairseq's error naming the size, or is skipped with
+    --skip-invalid-size-inputs-valid-test. Never NaN."""
+    _, save_dir, _ = trained
+    words = (entmax_data.parent / "raw" / "test.src").read_text().split()
+    overlong = " ".join(words[i % len(words)] for i in range(1100))  # max positions: 1024
+    common = ["fairseq-interactive", entmax_data, "--user-dir", USER_DIR, "--path", save_dir / "checkpoint_last.pt",
+              "--beam", "2", "--source-lang", "src", "--target-lang", "tgt", "--cpu", *GENERATION_LIMITS]
+    empty = run_cli(*common, stdin="\n")
+    scores = [line.split("\t")[1] for line in empty.stdout.splitlines() if line.startswith("H-")]
+    assert len(scores) == 1 and "nan" not in scores[0] and float(scores[0]) < 0
+    refused = run_cli(*common, stdin=f"{overlong}\n", check=False)
+    assert refused.returncode != 0 and "is invalid" in refused.stdout + refused.stderr
+    skipped = run_cli(*common, "--skip-invalid-size-inputs-valid-test", stdin=f"{words[0]}\n{overlong}\n")
+    lines = skipped.stdout + skipped.stderr
+    assert sum(line.startswith("H-") for line in skipped.stdout.splitlines()) == 1 and "nan" not in lines.lower()

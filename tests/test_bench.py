@@ -14,3 +14,20 @@ def test_bench_quick_runs():
     assert "| cpu (16, 16, 16) | softmax (torch) |" in result.stdout
     for name in ("entmax_alpha, learned alpha", "entmax15", "sparsemax", "rela_weights"):
         assert name in result.stdout
+
+
+def test_self_attention_over_8192_tokens_for_every_normalizer():
+    """8192 x 8192 attention, forward and backward, each normaliser in its own process: finite, within 4 GiB."""
+    import re
+
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_long_inputs.py"), "--length", "8192", "--heads", "1",
+           "--dim", "16"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"\| (\w+) \| [\d.]+ s \| (\d+) MiB \| ([\d.e+-]+) \| True \|", result.stdout)
+    sys.path.insert(0, ROOT)
+    from sparse_attn_fairseq.layers.normalizers import normalizer_names
+
+    assert sorted(name for name, _, _ in rows) == sorted(normalizer_names()), result.stdout
+    assert all(int(peak) < 4096 for _, peak, _ in rows)
+    assert all(float(error) < 1e-5 for name, _, error in rows if name != "rela")  # rows sum to one

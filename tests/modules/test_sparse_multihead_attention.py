@@ -168,3 +168,15 @@ def test_constructor_reports_every_problem():
     with pytest.raises(ValueError, match="not divisible.*exclusive"):
         SparseMultiheadAttention(10, 4, build_normalizer("softmax", 4), self_attention=True,
                                  encoder_decoder_attention=True)
+
+
+@pytest.mark.parametrize("name", normalizer_names())
+def test_an_all_padding_batch_gives_zeros_not_nan(name):
+    """Every key of every row padded (an all-padding batch): finite outputs and gradients, for every normalizer."""
+    torch.manual_seed(0)
+    norm = RelaOutputNorm(16, 2) if name == "rela" else None
+    attention = SparseMultiheadAttention(16, 2, build_normalizer(name, 2), self_attention=True, output_norm=norm)
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    out, weights = attention(x, x, x, key_padding_mask=torch.ones(3, 5, dtype=torch.bool))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all() and (weights == 0).all()

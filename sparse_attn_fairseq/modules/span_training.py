@@ -15,6 +15,11 @@ over each sentence's tokens), independent of batch size, workers, --update-freq 
 never call ``get_normalized_probs`` (adaptive_loss) fall back to the batch's target tokens counted before the
 forward, which is right without fp16. The reported loss excludes the penalty.
 
+The measurement assumes every target token weighs the same in the loss. The first training steps check it: each
+target position's log-probability gradients must sum to the same negative value (padding: 0). A token-weighted or
+sequence-level loss fails the check with :class:`SpanPenaltyError`, naming what was seen, rather than a silently
+rescaled penalty.
+
 Clamping. fairseq calls ``model.set_num_updates`` before every training step (``FairseqTask.train_step``), i.e.
 after each optimizer update, and when a checkpoint is loaded: z' is clamped to [0, 1] there. Forward passes read z'
 clamped (without writing it), so a checkpoint saved right after an update also behaves as clamped.
@@ -34,18 +39,45 @@ def span_modules(model: nn.Module) -> List[AdaptiveSpan]:
     return [m for m in model.modules() if isinstance(m, AdaptiveSpan)]
 
 
+PROBE_CHECKS = 3  # training steps whose loss-weight measurement is checked (one host sync each)
+
+
+class SpanPenaltyError(RuntimeError):
+    """The loss does not weigh every target token equally, so the span penalty's weight cannot be measured."""
+
+
+def check_token_weights(rows: Tensor) -> None:
+    """``rows``: the summed log-probability gradient of each target position. NLL-type losses give every real
+    token the same negative sum (minus the loss scale) and padding 0; raise SpanPenaltyError otherwise."""
+    real = rows[rows != 0]
+    if not real.numel():
+        return
+    low, high = float(real.min()), float(real.max())
+    if high >= 0 or (high - low) > 1e-3 * abs(low):
+        raise SpanPenaltyError(
+            "the adaptive span penalty needs a loss that weighs every target token equally (cross_entropy, "
+            "label_smoothed_cross_entropy, adaptive_span_loss): the gradients of this criterion's target "
+            f"log-probabilities sum to between {low:.4g} and {high:.4g} per token (expected one negative value). "
+            "A token-weighted or sequence-level loss would rescale the penalty silently: use such a criterion with "
+            "--adaptive-span-loss 0, or add the penalty to its loss yourself (AdaptiveSpan.span_loss)")
+
+
 class _LossWeightProbe(torch.autograd.Function):
-    """Identity on log-probabilities (bsz, tgt_len, vocab); backward adds -sum(grad) to a LossWeight (no sync)."""
+    """Identity on log-probabilities (bsz, tgt_len, vocab); backward adds -sum(grad) to a LossWeight (no host sync
+    once the first PROBE_CHECKS steps have checked the per-token sums)."""
 
     @staticmethod
-    def forward(ctx, lprobs: Tensor, record: LossWeight) -> Tensor:
-        ctx.record = record
+    def forward(ctx, lprobs: Tensor, record: LossWeight, check: bool) -> Tensor:
+        ctx.record, ctx.check = record, check
         return lprobs.view_as(lprobs)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        ctx.record.add(-grad.sum(dtype=torch.float32))
-        return grad, None
+        rows = grad.sum(-1, dtype=torch.float32)  # one sum per target position
+        if ctx.check:
+            check_token_weights(rows)
+        ctx.record.add(-rows.sum())
+        return grad, None, None
 
 
 class AdaptiveSpanTraining:
@@ -67,7 +99,9 @@ class AdaptiveSpanTraining:
         probs = super().get_normalized_probs(net_output, log_probs, sample)
         record = getattr(self, "span_loss_weight", None)
         if self.training and log_probs and record is not None and probs.requires_grad and self._span_penalized():
-            probs = _LossWeightProbe.apply(probs, record)
+            checks = getattr(self, "_span_probe_checks", PROBE_CHECKS)
+            self._span_probe_checks = max(0, checks - 1)
+            probs = _LossWeightProbe.apply(probs, record, checks > 0)
         return probs
 
     def _span_penalized(self) -> bool:

@@ -167,3 +167,25 @@ def test_spans_shrink_with_a_large_penalty_and_stay_at_the_maximum_without():
     assert shrinking[-1] < 0.3 and shrinking[-1] < shrinking[5]  # every head's span shrinks
     kept = _train_copy_lm(coefficient=0.0)
     assert min(kept) >= 0.95  # the copy needs distance 10 of at most 12: the longest head stays at the maximum
+
+
+@pytest.mark.parametrize("weighting,fails", [("uniform", False), ("per_token", True), ("sequence", True)])
+def test_a_loss_that_weighs_tokens_unequally_is_reported(weighting, fails):
+    """The span penalty's token-weight probe: a token-weighted or sequence-level loss is detected, not rescaled."""
+    from sparse_attn_fairseq.modules.span_training import SpanPenaltyError
+
+    model, task = build("transformer_adaptive_span", *SHORT_SPANS, "--adaptive-span-loss", "2e-6", *NO_DROPOUT)
+    model.train()
+    src, lengths, prev = random_batch(task, bsz=3, tgt_len=6)
+    target = torch.roll(prev, -1, dims=1)
+    model.set_span_sample_size(prev, task.target_dictionary.pad())
+    lprobs = model.get_normalized_probs(model(src, lengths, prev), log_probs=True)
+    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (bsz, tgt_len)
+    weights = {"uniform": torch.ones_like(nll), "per_token": torch.rand_like(nll) + 0.5,
+               "sequence": torch.linspace(1.0, 3.0, nll.size(0))[:, None].expand_as(nll)}[weighting]
+    loss = (nll * weights * target.ne(task.target_dictionary.pad())).sum()
+    if fails:
+        with pytest.raises(SpanPenaltyError, match="weighs every target token equally"):
+            loss.backward()
+    else:
+        loss.backward()

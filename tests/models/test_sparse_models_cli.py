@@ -136,3 +136,39 @@ def test_interactive_empty_and_overlong_lines(entmax_data, trained):
     skipped = run_cli(*common, "--skip-invalid-size-inputs-valid-test", stdin=f"{words[0]}\n{overlong}\n")
     lines = skipped.stdout + skipped.stderr
     assert sum(line.startswith("H-") for line in skipped.stdout.splitlines()) == 1 and "nan" not in lines.lower()
+
+
+def test_resuming_from_a_checkpoint_of_another_architecture_is_refused(entmax_data, entmax_run, tmp_path):
+    """checkpoint_last.pt of transformer_entmax in the save dir of a transformer_rela run: fairseq's clear error,
+    and the checkpoint is left as it was."""
+    save_dir, _ = entmax_run
+    checkpoint = tmp_path / "checkpoint_last.pt"
+    checkpoint.write_bytes((save_dir / "checkpoint_last.pt").read_bytes())
+    before = checkpoint.read_bytes()
+    result = train_model("transformer_rela", entmax_data, tmp_path, 40, check=False)
+    assert result.returncode != 0
+    assert "Cannot load model parameters from checkpoint" in result.stdout + result.stderr
+    assert checkpoint.read_bytes() == before
+
+
+def test_generate_empty_and_overlong_sentences(entmax_data, trained, tmp_path):
+    """fairseq-generate on a test set with an empty source line and one longer than the model's positions: the
+    overlong one stops generation with fairseq's error naming its size, or is skipped with
+    --skip-invalid-size-inputs-valid-test; the empty one is translated with finite scores."""
+    _, save_dir, _ = trained
+    words = (entmax_data.parent / "raw" / "test.src").read_text().split()
+    overlong = " ".join(words[i % len(words)] for i in range(1100))
+    for side in ("src", "tgt"):
+        (tmp_path / f"odd.{side}").write_text(f"\n{overlong}\n{words[0]} {words[1]}\n")
+    data = tmp_path / "bin"
+    run_cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--testpref", tmp_path / "odd",
+            "--srcdict", entmax_data / "dict.src.txt", "--tgtdict", entmax_data / "dict.tgt.txt", "--destdir", data,
+            "--workers", "1")
+    common = ["fairseq-generate", data, "--user-dir", USER_DIR, "--path", save_dir / "checkpoint_last.pt",
+              "--gen-subset", "test", "--beam", "2", "--batch-size", "4", "--cpu", *GENERATION_LIMITS]
+    refused = run_cli(*common, check=False)
+    assert refused.returncode != 0 and "is invalid" in refused.stdout + refused.stderr
+    skipped = run_cli(*common, "--skip-invalid-size-inputs-valid-test")
+    hypotheses = [line for line in skipped.stdout.splitlines() if line.startswith("H-")]
+    assert sorted(line.split("\t")[0] for line in hypotheses) == ["H-0", "H-2"]
+    assert all(float(line.split("\t")[1]) < 0 for line in hypotheses)  # finite scores, no NaN

@@ -27,6 +27,12 @@ def test_bf16_trains_on_cpu_close_to_float32(entmax_data, tmp_path, arch):
     assert math.isfinite(bf16) and abs(bf16 - float32) <= CLOSE, (bf16, float32)
 
 
+def test_memory_efficient_bf16_trains_on_cpu(entmax_data, tmp_path):
+    float32, _ = final_valid_loss(entmax_data, tmp_path / "fp32", "transformer_entmax")
+    bf16, _ = final_valid_loss(entmax_data, tmp_path / "bf16", "transformer_entmax", "--memory-efficient-bf16")
+    assert math.isfinite(bf16) and abs(bf16 - float32) <= CLOSE, (bf16, float32)
+
+
 def test_without_the_fix_bf16_asks_for_a_tpu(entmax_data, tmp_path):
     loss, result = final_valid_loss(entmax_data, tmp_path, "transformer_entmax", "--bf16", check=False,
                                     env={"SPARSE_ATTN_FAIRSEQ_COMPAT_DISABLE": "bf16_without_tpu"})

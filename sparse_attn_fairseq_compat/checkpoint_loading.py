@@ -19,8 +19,8 @@ import torch
 
 TRUST_VARIABLE = "SPARSE_ATTN_FAIRSEQ_TRUST_CHECKPOINTS"
 _FAIRSEQ_CALLERS = ("fairseq.", "fairseq_cli.")
-# Objects another rank of the same job pickled and broadcast (a loaded checkpoint on a distributed resume), not
-# files: loaded as fairseq does, since they hold fairseq's own placeholders and omegaconf metadata.
+# fairseq broadcasts a loaded checkpoint from rank 0 to the others on a distributed resume: the payload also holds
+# fairseq's tensor placeholders and the builtin types that omegaconf's node metadata names.
 _BROADCAST_CALLERS = ("fairseq.distributed.utils",)
 _original_load = torch.load
 
@@ -48,6 +48,13 @@ def allowed_globals() -> list:
     ]
 
 
+def broadcast_globals() -> list:
+    """What fairseq's object broadcast adds to a checkpoint's globals (still no callable that runs code)."""
+    from fairseq.distributed.utils import _TensorPlaceholder
+
+    return [dict, list, tuple, set, str, int, float, bool, _TensorPlaceholder]
+
+
 def _trusted() -> bool:
     return os.environ.get(TRUST_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -71,12 +78,11 @@ def load(f, *args, **kwargs):
     caller = sys._getframe(1).f_globals.get("__name__", "")
     if "weights_only" in kwargs or not caller.startswith(_FAIRSEQ_CALLERS):
         return _original_load(f, *args, **kwargs)
-    if caller.startswith(_BROADCAST_CALLERS) and not isinstance(f, (str, os.PathLike)):
-        return _original_load(f, *args, weights_only=False, **kwargs)
     if _trusted():
         return _original_load(f, *args, weights_only=False, **kwargs)
+    allowed = allowed_globals() + (broadcast_globals() if caller.startswith(_BROADCAST_CALLERS) else [])
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
+        with torch.serialization.safe_globals(allowed):
             return _original_load(f, *args, weights_only=True, **kwargs)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise _explain(error, f) from error

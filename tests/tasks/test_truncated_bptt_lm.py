@@ -84,3 +84,13 @@ def test_first_input_is_the_beginning_of_stream_token_and_blocks_continue():
 def test_bad_sizes_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TokenStreams(**kwargs)
+
+
+@pytest.mark.parametrize("block,batch_size,message", [
+    (0, 3, "--tokens-per-sample=0: must be >= 1"),
+    (10, 0, "--batch-size \\(streams per rank\\) is required by truncated_bptt_lm, got 0"),
+])
+def test_bad_task_flags_are_named(stream_bin, block, batch_size, message):
+    with pytest.raises(ValueError, match=message):
+        task = make_task(stream_bin, block=block, batch_size=batch_size)
+        task.load_dataset("train")

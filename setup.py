@@ -1,11 +1,17 @@
 """Sparse and adaptive attention for fairseq: alpha-entmax, ReLA and adaptive span."""
 
+import platform
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 START_UP_HOOK = "sparse_attn_fairseq_compat.pth"
+FUSED_OP_SOURCES = ["sparse_attn_fairseq/csrc/entmax_cpu.cpp"]
+# x86-64: ATen's AVX2 vector types (and the Sleef functions libtorch exports); the loader checks the CPU first.
+AVX2_FLAGS = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
 
 class BuildWithStartUpHook(build_py):
@@ -27,6 +33,37 @@ class BuildWithStartUpHook(build_py):
         return mapping
 
 
+
+
+try:  # torch is needed to build the fused kernels, not to install the package
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError as error:
+    BuildExtension, CppExtension, TORCH_MISSING = build_ext, None, str(error)
+
+
+def fused_op_extensions():
+    """The fused CPU kernels (sparse_attn_fairseq._C), or none if torch is not importable at build time."""
+    if CppExtension is None:
+        print(f"sparse_attn_fairseq: torch is not importable ({TORCH_MISSING}); the fused CPU kernels are not built "
+              "(install torch first, then this package with --no-build-isolation)", file=sys.stderr)
+        return []
+    flags = ["-O3", "-fopenmp"] + (AVX2_FLAGS if platform.machine() in ("x86_64", "AMD64") else [])
+    return [CppExtension("sparse_attn_fairseq._C", FUSED_OP_SOURCES, extra_compile_args=flags,
+                         extra_link_args=["-fopenmp"])]
+
+
+class BuildOptionalExtensions(BuildExtension):
+    """torch's extension builder, except that a failed build warns and installs the package without the fused
+    kernels (the reference kernels then run, and say so)."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:  # a missing or failing compiler must not fail the install
+            print(f"sparse_attn_fairseq: WARNING: the fused CPU kernels were not built ({error}); the reference "
+                  "kernels will be used", file=sys.stderr)
+
+
 setup(
     name="sparse_attn_fairseq",
     version="0.1.0",
@@ -36,7 +73,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sparse_attn_fairseq", "sparse_attn_fairseq.*",
                                     "sparse_attn_fairseq_compat"]),
-    cmdclass={"build_py": BuildWithStartUpHook},
+    cmdclass={"build_py": BuildWithStartUpHook, "build_ext": BuildOptionalExtensions},
+    ext_modules=fused_op_extensions(),
     install_requires=[
         "fairseq==0.12.2",
         "omegaconf==2.0.6",

@@ -114,6 +114,17 @@ def _entmax_alpha_tensor(scores: torch.Tensor, mask: torch.Tensor | None, alpha:
 
 def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> None:
     """Raise ValueError unless alpha is one value per row in [1, 2]."""
+    check_alpha_shape(alpha, scores, dim)
+    if alpha.numel() == 0:
+        return
+    low, high = torch.aminmax(alpha.detach())  # one pass; NaN propagates into both
+    if not (1.0 <= float(low) and float(high) <= 2.0):
+        bad = alpha.detach()[(alpha.detach() < 1.0) | (alpha.detach() > 2.0) | alpha.detach().isnan()]
+        raise ValueError(f"alpha must lie in [1, 2], got alpha={bad.flatten()[:8].tolist()} (first offending values)")
+
+
+def check_alpha_shape(alpha: torch.Tensor, scores: torch.Tensor, dim: int = -1) -> None:
+    """Raise ValueError unless alpha broadcasts to one value per row of ``scores`` along ``dim`` (no host sync)."""
     if alpha.ndim > scores.ndim:
         raise ValueError(f"alpha of shape {tuple(alpha.shape)} has more dims than scores {tuple(scores.shape)}")
     shape = (1,) * (scores.ndim - alpha.ndim) + tuple(alpha.shape)
@@ -123,12 +134,6 @@ def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> 
         raise ValueError(
             f"alpha of shape {tuple(alpha.shape)} must broadcast to {tuple(row_shape)} (one alpha per row along dim)"
         )
-    if alpha.numel() == 0:
-        return
-    low, high = torch.aminmax(alpha.detach())  # one pass; NaN propagates into both
-    if not (1.0 <= float(low) and float(high) <= 2.0):
-        bad = alpha.detach()[(alpha.detach() < 1.0) | (alpha.detach() > 2.0) | alpha.detach().isnan()]
-        raise ValueError(f"alpha must lie in [1, 2], got alpha={bad.flatten()[:8].tolist()} (first offending values)")
 
 
 def _along_last_dim(fn: Callable, scores: torch.Tensor, mask: torch.Tensor | None, dim: int, *alpha) -> torch.Tensor:

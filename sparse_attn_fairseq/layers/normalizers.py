@@ -1,7 +1,10 @@
 """Registry of attention normalizers: name -> module mapping scores (bsz, num_heads, tgt_len, src_len) to weights.
 
-A new normalizer is one function in functional/ plus one registered module here; the attention module never changes.
-Unknown or duplicate names raise and list the valid ones; options are validated once, at construction.
+A new normalizer is one function in functional/ (its reference) plus one registered module here, whose class
+attributes declare its capabilities; the attention module never changes. The weights are computed by the kernel
+the kernel registry (kernels/) chooses for each input: the reference function, or a faster kernel that implements
+the normalizer. Unknown or duplicate names raise and list the valid ones; options are validated once, at
+construction.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ from torch import nn
 
 from sparse_attn_fairseq.functional.entmax import entmax15, entmax_alpha, softmax_masked, sparsemax
 from sparse_attn_fairseq.functional.rela import rela_weights
+from sparse_attn_fairseq.kernels import AUTO, get_kernel, normalize, register_reference
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
 
-def register_normalizer(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a normalizer under ``name``. Raises ValueError on a duplicate name."""
+def register_normalizer(name: str, reference: Callable) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a normalizer under ``name``, with its reference function
+    ``reference(scores, mask, alpha) -> weights`` (the kernel every device can run). Raises ValueError on a duplicate
+    name."""
 
     def register(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"normalizer {name!r} is already registered (registered: {', '.join(sorted(_REGISTRY))})")
+        register_reference(name, reference)
         _REGISTRY[name] = cls
+        cls.registry_name = name
         return cls
 
     return register
@@ -36,12 +44,15 @@ def normalizer_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def build_normalizer(name: str, num_heads: int, **options) -> nn.Module:
-    """Instantiate the normalizer ``name`` for ``num_heads`` heads with its validated options.
+def build_normalizer(name: str, num_heads: int, kernel: str = AUTO, **options) -> nn.Module:
+    """Instantiate the normalizer ``name`` for ``num_heads`` heads with its validated options; ``kernel`` forces a
+    kernel of the kernel registry (``auto``: the fastest that accepts each input).
 
     Raises:
-        ValueError: unknown name (listing the valid ones), unknown option, or invalid option values.
+        ValueError: unknown name (listing the valid ones), unknown option or kernel, or invalid option values.
     """
+    if kernel != AUTO:
+        get_kernel(kernel)  # raises for an unknown name
     if name not in _REGISTRY:
         raise ValueError(f"unknown normalizer {name!r}; valid: {', '.join(normalizer_names())}")
     cls = _REGISTRY[name]
@@ -49,7 +60,9 @@ def build_normalizer(name: str, num_heads: int, **options) -> nn.Module:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"normalizer {name!r} has no option(s) {unknown}; its options are: {valid or 'none'}")
-    return cls(num_heads, **options)
+    module = cls(num_heads, **options)
+    module.kernel = kernel
+    return module
 
 
 def _raise_problems(name: str, problems: list[str]) -> None:
@@ -67,6 +80,8 @@ class _Normalizer(nn.Module):
 
     sums_to_one = True
     exp_family = False
+    registry_name = ""  # set by register_normalizer
+    kernel = AUTO  # the kernel to force, or AUTO
 
     def __init__(self, num_heads: int):
         super().__init__()
@@ -81,42 +96,34 @@ class _Normalizer(nn.Module):
                 f"{type(self).__name__} expects scores (bsz, {self.num_heads}, tgt_len, src_len), "
                 f"got {tuple(scores.shape)}"
             )
-        return self.normalize(scores, mask)
+        return normalize(self.registry_name, scores, mask, self.kernel_alpha(), self.kernel)
 
-    def normalize(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+    def kernel_alpha(self):
+        """The alpha argument of the kernels: None, a float, or one value per head (num_heads, 1, 1)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}"
 
 
-@register_normalizer("softmax")
+@register_normalizer("softmax", lambda scores, mask, alpha: softmax_masked(scores, mask))
 class SoftmaxNormalizer(_Normalizer):
     """softmax over keys; fully masked rows give zeros."""
 
     exp_family = True
 
-    def normalize(self, scores, mask):
-        return softmax_masked(scores, mask)
 
-
-@register_normalizer("sparsemax")
+@register_normalizer("sparsemax", lambda scores, mask, alpha: sparsemax(scores, mask))
 class SparsemaxNormalizer(_Normalizer):
     """sparsemax over keys (alpha-entmax with alpha = 2)."""
 
-    def normalize(self, scores, mask):
-        return sparsemax(scores, mask)
 
-
-@register_normalizer("entmax15")
+@register_normalizer("entmax15", lambda scores, mask, alpha: entmax15(scores, mask))
 class Entmax15Normalizer(_Normalizer):
     """1.5-entmax over keys."""
 
-    def normalize(self, scores, mask):
-        return entmax15(scores, mask)
 
-
-@register_normalizer("entmax_fixed")
+@register_normalizer("entmax_fixed", lambda scores, mask, alpha: entmax_alpha(scores, alpha, mask))
 class EntmaxFixedNormalizer(_Normalizer):
     """alpha-entmax with one fixed alpha in [1, 2] for every head (no parameter)."""
 
@@ -130,14 +137,14 @@ class EntmaxFixedNormalizer(_Normalizer):
         """Per-head alpha, shape (num_heads,)."""
         return torch.full((self.num_heads,), self.fixed_alpha)
 
-    def normalize(self, scores, mask):
-        return entmax_alpha(scores, self.fixed_alpha, mask)
+    def kernel_alpha(self):
+        return self.fixed_alpha
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, alpha={self.fixed_alpha}"
 
 
-@register_normalizer("entmax_alpha")
+@register_normalizer("entmax_alpha", lambda scores, mask, alpha: entmax_alpha(scores, alpha, mask))
 class EntmaxAlphaNormalizer(_Normalizer):
     """alpha-entmax with a learned alpha per head: alpha = clamp(1 + sigmoid(a), *clamp) (Correia et al., 2019, s. 3).
 
@@ -183,8 +190,8 @@ class EntmaxAlphaNormalizer(_Normalizer):
         logit = self.a if self.lr_scale == 1.0 else self.a * self.lr_scale
         return (1.0 + torch.sigmoid(logit)).clamp(*self.clamp)
 
-    def normalize(self, scores, mask):
-        return entmax_alpha(scores, self.alpha().view(self.num_heads, 1, 1), mask)  # alpha (num_heads, 1, 1)
+    def kernel_alpha(self):
+        return self.alpha().view(self.num_heads, 1, 1)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}, lr_scale={self.lr_scale}"
@@ -200,12 +207,9 @@ def _alpha_problems(init, clamp) -> list[str]:
     return problems
 
 
-@register_normalizer("rela")
+@register_normalizer("rela", lambda scores, mask, alpha: rela_weights(scores, mask))
 class RelaNormalizer(_Normalizer):
     """ReLA weights relu(scores), masked entries zeroed before the relu (Zhang et al., EMNLP 2021); unnormalised."""
 
     allows_null_rows = True  # a row may be all zero ("null attention"); logged as null_<key>
     sums_to_one = False
-
-    def normalize(self, scores, mask):
-        return rela_weights(scores, mask)

@@ -19,7 +19,7 @@ def test_names_and_unknown():
 
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
-        reg.register_normalizer("softmax")(nn.Module)
+        reg.register_normalizer("softmax", lambda s, m, a: s)(nn.Module)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,6 +9,7 @@ ATOL = {
     torch.float16: 1e-3,
 }
 GRADCHECK = {"eps": 1e-6, "atol": 1e-6, "rtol": 1e-4}  # float64 finite differences
+KERNEL_GRAD = 1e-4  # a float32 kernel's gradients against the float64 reference's, relative to their largest value
 # Two computations of the same function (max abs difference):
 INCREMENTAL = 1e-5  # step-by-step incremental decoding against one full forward, float32
 BAND = 1e-5  # banded span attention against the full masked computation

@@ -1,0 +1,122 @@
+"""The kernel registry's choices, forcing and errors; the fused op's torch.library contract; the fallback when the
+compiled op is absent."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_attn_fairseq.kernels import (
+    FORCE_ENV, Kernel, NoKernelError, get_kernel, kernel_names, register_kernel, select_kernel,
+)
+from sparse_attn_fairseq.kernels.fused_cpu import fused_entmax
+from sparse_attn_fairseq.layers.normalizers import build_normalizer
+from tests.conftest import REPO, cli_env
+from tests.tolerances import ATOL, max_err
+
+
+def test_choice_by_device_dtype_and_features(monkeypatch):
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    x32, x64 = torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)
+    assert kernel_names()[-1] == "reference"
+    assert select_kernel("entmax_alpha", x32, frozenset({"alpha_grad"})).name == "fused_cpu"
+    assert select_kernel("entmax_alpha", x64).name == "reference"  # fused_cpu takes no float64
+    assert select_kernel("softmax", x32).name == "reference"  # torch's softmax is already fused
+
+
+def test_forcing_by_argument_and_environment(monkeypatch):
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    x = torch.zeros(2, 3)
+    assert select_kernel("sparsemax", x, requested="reference").name == "reference"
+    monkeypatch.setenv(FORCE_ENV, "reference")
+    assert select_kernel("sparsemax", x).name == "reference"
+    assert select_kernel("sparsemax", x, requested="fused_cpu").name == "reference"  # the environment wins
+
+
+def test_refusals_are_listed_per_kernel(monkeypatch):
+    monkeypatch.setenv(FORCE_ENV, "fused_cpu")
+    with pytest.raises(NoKernelError, match=r"entmax_alpha for cpu float64.*forced by SPARSE_ATTN_FAIRSEQ_KERNEL"
+                                            r".*fused_cpu: takes bfloat16, float16, float32, not float64"):
+        select_kernel("entmax_alpha", torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(NoKernelError, match="fused_cpu: does not implement rela"):
+        select_kernel("rela", torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="unknown kernel 'fast'; choose auto or one of: fused_cpu, reference"):
+        build_normalizer("softmax", 2, kernel="fast")
+
+
+def test_registration_rules():
+    with pytest.raises(ValueError, match="already registered"):
+        register_kernel(get_kernel("reference"))
+    with pytest.raises(ValueError, match="unknown features"):
+        register_kernel(Kernel("x", frozenset(), frozenset(), frozenset(), frozenset({"teleport"}), fn=None))
+
+
+def test_normalizer_module_honours_its_kernel(monkeypatch):
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+    scores = torch.randn(2, 4, 5, 9)
+    fused = build_normalizer("entmax_alpha", 4, init=1.3)
+    reference = build_normalizer("entmax_alpha", 4, init=1.3, kernel="reference")
+    assert max_err(fused(scores), reference(scores)) <= ATOL[torch.float32]
+
+
+def _op_inputs(alpha_grad):
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 13, generator=gen).requires_grad_()
+    alpha = torch.tensor([1.0, 1.2, 1.5, 1.7, 2.0, 1.01]).requires_grad_(alpha_grad)
+    return scores, alpha
+
+
+@pytest.mark.parametrize("alpha_grad", [False, True])
+def test_opcheck(alpha_grad):
+    scores, alpha = _op_inputs(alpha_grad)
+    torch.library.opcheck(torch.ops.sparse_attn.entmax_forward.default, (scores, alpha, -5e7))
+    probs = torch.ops.sparse_attn.entmax_forward(scores.detach(), alpha.detach(), -5e7)
+    torch.library.opcheck(torch.ops.sparse_attn.entmax_backward.default,
+                          (torch.randn_like(probs), probs, alpha.detach(), alpha_grad))
+
+
+def test_compiles_without_graph_breaks():
+    scores, alpha = _op_inputs(True)
+    compiled = torch.compile(lambda s, a: fused_entmax(s, None, a.view(-1, 1)), backend="aot_eager", fullgraph=True)
+    got = compiled(scores, alpha)
+    assert max_err(got, fused_entmax(scores, None, alpha.view(-1, 1))) == 0.0
+    got.sum().backward()
+    assert alpha.grad is not None
+
+
+def test_bad_alpha_names_the_value():
+    with pytest.raises(RuntimeError, match="alpha must lie in \\[1, 2\\], got 2.5"):
+        fused_entmax(torch.randn(2, 5), None, torch.tensor([[1.5], [2.5]]))
+    with pytest.raises(ValueError, match="alpha must lie in \\[1, 2\\], got alpha=0.5"):
+        fused_entmax(torch.randn(2, 5), None, 0.5)
+
+
+_WITHOUT_COMPILED_OP = """
+import sys, warnings
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sparse_attn_fairseq._C":
+            raise ImportError("hidden by the test")
+sys.meta_path.insert(0, Block())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch
+    from sparse_attn_fairseq.kernels import select_kernel
+    from sparse_attn_fairseq.layers.normalizers import build_normalizer
+messages = [str(w.message) for w in caught if "fused CPU entmax kernel is unavailable" in str(w.message)]
+assert len(messages) == 1, [str(w.message) for w in caught]
+print(messages[0])
+assert select_kernel("entmax_alpha", torch.zeros(2, 3)).name == "reference"
+out = build_normalizer("entmax_alpha", 2)(torch.randn(1, 2, 3, 4))
+assert torch.allclose(out.sum(-1), torch.ones(1, 2, 3))
+print("reference took over")
+"""
+
+
+def test_reference_takes_over_with_a_warning_when_the_compiled_op_is_absent():
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_COMPILED_OP], capture_output=True, text=True,
+                            env=cli_env(), cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hidden by the test" in result.stdout and "make setup" in result.stdout
+    assert "reference took over" in result.stdout

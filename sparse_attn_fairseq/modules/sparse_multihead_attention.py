@@ -3,20 +3,20 @@
 It honours fairseq 0.12.2's ``MultiheadAttention`` contract (forward signature and return, key padding and attention
 masks, incremental state, ``reorder_incremental_state``, cross-attention keys shared across a sentence's beams via
 ``set_beam_size``, q_proj/k_proj/v_proj/out_proj names) so fairseq's layers, generator and checkpoints work unchanged.
-It never takes torch's fused softmax path (``F.multi_head_attention_forward``, ``scaled_dot_product_attention``): the
-normalizer is the one chosen from the registry. The forward reads as named steps:
+That contract is all it keeps:
 
-    project -> cache -> scores -> mask -> normalize -> span -> dropout -> mix values -> output norm -> out_proj
+    project -> cache or memory -> [attention core: weights and values] -> observers -> output norm -> out_proj
 
-With an adaptive span (Sukhbaatar et al., ACL 2019) keys whose span mask m is 0 are masked for the normalizer, the
-weights are multiplied by m and renormalised. For softmax (and ReLA) this equals the paper's "mask after the
-softmax" exactly; for entmax it defines entmax over the keys within the span. Either way keys outside the layer's
-largest span + ramp never matter, so self-attention is computed on a band of keys (functional/banded.py) and the
-incremental cache keeps only that many keys: cost and generation memory grow with the span, not the length.
+"Compute the weights and mix the values" is delegated to an attention core (modules/attention_cores.py), the first
+in registry order that accepts the call: torch's fused scaled_dot_product_attention when the normalizer is softmax,
+there is no span and nobody needs the weights; a banded or a dense adaptive-span core; or the dense core with the
+registered normalizer, whose kernel the kernel registry chooses (kernels/).
 
-Streaming language models add two things (both set by the decoder): a memory (modules/stream_memory.py) of the
-keys and values of the tokens before the current block, prepended to the block's own and trimmed to what the spans
-reach, and relative key positions (layers/key_positions.py), a score term q . e_d per query-key distance d.
+With an adaptive span (Sukhbaatar et al., ACL 2019) the incremental cache keeps only the keys the span reaches, so
+generation memory grows with the span, not the length. Streaming language models add a memory
+(modules/stream_memory.py) of the keys and values of the tokens before the current block, prepended to the block's
+own and trimmed to what the spans reach, and relative key positions (layers/key_positions.py), q . e_d per distance.
+Statistics (sparsity, alpha, spans) are observers (modules/attention_stats.py), attached only when wanted.
 
 Cached keys and values have fairseq's layout (kv_bsz, num_heads, src_len, head_dim).
 """
@@ -33,16 +33,12 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
-from sparse_attn_fairseq.functional.banded import (
-    Band, band_gather_keys, band_gather_rows, band_mix, band_queries, band_scores, make_band, unband,
-)
-from sparse_attn_fairseq.functional.masking import fill_masked, split_attn_mask
-from sparse_attn_fairseq.functional.span import keep_spans_in_graph, keys_needed, span_distances
-from sparse_attn_fairseq.modules.attention_stats import log_attention_stats, log_span_stats
+from sparse_attn_fairseq.functional.span import keys_needed
+from sparse_attn_fairseq.modules.attention_cores import AttentionCall, attention_scores, choose_core, mask_scores
+from sparse_attn_fairseq.modules.attention_stats import AttentionStatsObserver
 from sparse_attn_fairseq.modules.stream_memory import prepend_memory
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
-_WIDEST_BAND = 1.5  # a full pass uses the band while it is narrower than this many sequence lengths
 _MEMORY_GRAIN = 64  # memories are trimmed to a multiple of this many keys: slack for spans that grow while training
 MEMORY_MODES = ("span", "full")  # trim the memory to the spans (the paper's adapt-span cache), or keep S keys
 
@@ -68,7 +64,7 @@ class SparseMultiheadAttention(nn.Module):
         causal: positions of a span are causal (decoder self-attention) rather than symmetric.
         renormalize_span: divide span-masked rows by their sum (off for unnormalised ReLA weights).
         q_noise, qn_block_size: fairseq's quant-noise on the projections.
-        stats_key: when set, full (non-incremental) forwards log mean alpha and the zero fraction under this name.
+        stats_key: when set, an :class:`AttentionStatsObserver` logs sparsity, alpha and spans under this name.
 
     Raises:
         ValueError: embed_dim not divisible by num_heads, or both attention modes set.
@@ -118,11 +114,23 @@ class SparseMultiheadAttention(nn.Module):
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.beam_size = 1
         self.stats_key = stats_key
-        self.layer_index: Optional[int] = None  # set by the encoder/decoder: per-layer span log keys
+        self.observers = [AttentionStatsObserver(stats_key)] if stats_key is not None else []
         self.span_banding = True  # False forces the full computation (tests and benchmarks compare the two)
+        self.force_core: Optional[str] = None  # the name of an attention core to use instead of the first that fits
         self.memory = None  # a modules.stream_memory.MemorySlot, lent for one streaming forward
         self.memory_mode = "span"  # see MEMORY_MODES; "full" also computes every memory key (Transformer-XL's cost)
         self.reset_parameters()
+
+    @property
+    def layer_index(self) -> Optional[int]:
+        """The layer's index in its encoder or decoder (set by them): per-layer log keys."""
+        return self.__dict__.get("_layer_index")
+
+    @layer_index.setter
+    def layer_index(self, index: Optional[int]) -> None:
+        self.__dict__["_layer_index"] = index
+        for observer in self.observers:
+            observer.layer_index = index
 
     @property
     def key_positions(self) -> Optional[nn.Module]:
@@ -174,25 +182,23 @@ class SparseMultiheadAttention(nn.Module):
             k, v, key_padding_mask, attn_mask = prepend_memory(self.memory.read(), k, v, key_padding_mask, attn_mask)
             self.memory.write(k, v, key_padding_mask, self._memory_keys(k.size(2)))
         if before_softmax:
-            return self._before_softmax_output(*self._mask(self._scores(q, k), key_padding_mask, attn_mask, k.size(0)),
-                                               v)
-        covering = spans is not None and float(spans.detach().min()) >= k.size(2) - 1  # m = 1 on every key
-        band = None if covering else self._band(spans, tgt_len, k.size(2), incremental_state)
-        if band is None:
-            weights, mask = self._full_weights(q, k, key_padding_mask, attn_mask, spans, covering)  # (bsz, H, T, S)
-        else:
-            weights, mask = self._band_weights(q, k, key_padding_mask, attn_mask, spans, band)  # (bsz, H, nb, block, W)
-        if self.stats_key is not None and incremental_state is None:
-            self._log_stats(*self._real_rows(weights, mask, band), spans)
-        probs = self.dropout_module(weights)
-        attn = self._mix_values(probs, v) if band is None else band_mix(probs, v, band).permute(2, 0, 1, 3).flatten(2)
-        if self.output_norm is not None:  # attn: (tgt_len, bsz, embed_dim)
+            return self._before_softmax_output(*mask_scores(attention_scores(q, k), key_padding_mask, attn_mask,
+                                                            k.size(0)), v)
+        observing = bool(self.observers) and incremental_state is None
+        call = AttentionCall(q, k, v, key_padding_mask, attn_mask, spans, need_weights or need_head_weights,
+                             incremental_state is not None,
+                             observing and any(o.wants_weights(self.normalizer) for o in self.observers))
+        result = choose_core(self, call).run(self, call)
+        if observing:
+            for observer in self.observers:
+                observer(self.normalizer, result.observed, spans)
+        attn = result.attn  # (tgt_len, bsz, embed_dim)
+        if self.output_norm is not None:
             attn = self.output_norm(attn)
-        if band is not None and (need_weights or need_head_weights):
-            weights = unband(weights, band, k.size(2))  # (bsz, H, tgt_len, src_len)
-        return self.out_proj(attn), self._returned_weights(weights, need_weights or need_head_weights, need_head_weights)
+        return self.out_proj(attn), self._returned_weights(result.weights, need_weights or need_head_weights,
+                                                           need_head_weights)
 
-    # ----- adaptive span: spans, band choice, full and banded weights -----
+    # ----- adaptive span -----
 
     def _spans(self, query: Tensor, padding: Optional[Tensor] = None) -> Optional[Tensor]:
         """This forward's spans; in training the span penalty's gradient is attached to them (layers/adaptive_span),
@@ -204,111 +210,6 @@ class SparseMultiheadAttention(nn.Module):
             self.span.attach_penalty(spans, padding=padding if padding is not None and
                                      padding.shape == (query.size(1), query.size(0)) else None)
         return spans
-
-    def _band(self, spans: Optional[Tensor], tgt_len: int, src_len: int, incremental_state) -> Optional[Band]:
-        """The band of keys a full self-attention pass needs (over the memory too), or None where the full
-        computation is used."""
-        if spans is None or not self.span_banding or incremental_state is not None or self.memory_mode == "full":
-            return None
-        if tgt_len != src_len and self.memory is None:
-            return None
-        band = make_band(tgt_len, self.span.keys_needed(src_len, spans), self.causal, memory=src_len - tgt_len)
-        # The full path builds the span mask over every query-key pair: ~3.5x plain attention at 2048 tokens, so a
-        # band somewhat wider than the sequence still wins (measured: 1.1-1.3 lengths faster, 1.9 slower).
-        return band if band.width < _WIDEST_BAND * src_len else None
-
-    def _full_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
-                      spans: Optional[Tensor], covering: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weights (bsz, H, tgt_len, src_len) over all keys, and the bool mask of keys they exclude (or None).
-
-        ``covering``: every span reaches every distance (z >= src_len - 1), so the span mask is 1 wherever a key may
-        be seen and is skipped (future keys are still masked for a causal span)."""
-        scores = self._scores(q, k)  # (bsz, num_heads, tgt_len, src_len)
-        tgt_len, src_len = scores.shape[-2:]
-        if self.key_positions is not None:  # queries are the last tgt_len keys
-            dist = span_distances(tgt_len, src_len, True, query_offset=src_len - tgt_len, device=scores.device)
-            scores = scores + self.key_positions(q, dist, src_len)
-        scores, mask = self._mask(scores, key_padding_mask, attn_mask, k.size(0))
-        if spans is None:
-            return self.normalizer(scores, mask), mask
-        if covering:
-            mask = self._future_mask(mask, tgt_len, src_len, scores.device) if self.causal else mask
-            return keep_spans_in_graph(self.normalizer(scores, mask), spans), mask
-        # queries are the last tgt_len keys (self-attention; incremental: the cache ends at the current step)
-        dist = span_distances(tgt_len, src_len, self.causal, query_offset=src_len - tgt_len, device=scores.device)
-        soft = self.span.mask_at(dist, self.causal, spans)  # (H, T, S) or (bsz, H, T, S)
-        weights = self.span.normalize(self.normalizer, fill_masked(scores, mask), soft, self.renormalize_span)
-        return weights, self._stats_mask(mask, soft)
-
-    @staticmethod
-    def _future_mask(mask: Optional[Tensor], tgt_len: int, src_len: int, device) -> Optional[Tensor]:
-        """``mask`` or-ed with the keys after each query (queries are the last tgt_len keys); None if there are none."""
-        if tgt_len == 1:
-            return mask
-        future = span_distances(tgt_len, src_len, True, query_offset=src_len - tgt_len, device=device) < 0
-        return future if mask is None else mask | future  # (tgt_len, src_len)
-
-    def _band_weights(self, q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor],
-                      spans: Tensor, band: Band) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weights (bsz, H, num_blocks, block, width) on the band; :meth:`_full_weights` restricted to it.
-
-        Masks of keys (outside the sequence, padding, attn_mask) become one additive bias of at most
-        (bsz, 1, num_blocks, block, width); a static span's soft mask is (H, 1, block, width), the same in every block.
-        """
-        scores = band_scores(q, k, band)  # (bsz, num_heads, num_blocks, block, width)
-        if self.key_positions is not None:  # distances are the same in every block
-            scores = scores + self.key_positions(band_queries(q, band), band.distances(True, scores.device),
-                                                 band.left + band.block)
-        masked, bias = self._band_key_bias(band, key_padding_mask, attn_mask, scores.dtype, scores.device)
-        scores = scores.add_(bias)  # the matmul's output is not needed by its backward: add in place
-        if spans.ndim == 3:  # dynamic (bsz, H, tgt_len) -> (bsz, H, num_blocks, block), zero for padded rows
-            spans = nn.functional.pad(spans, (0, band.padded_len - band.length)).unflatten(-1, scores.shape[2:4])
-        # the distances repeat in every block: a static mask is (H, block, width), broadcast over the blocks
-        soft = self.span.mask_at(band.distances(self.causal, scores.device), self.causal, spans)
-        soft = soft.unsqueeze(-3) if spans.ndim == 1 else soft  # (H, 1, block, W) or (bsz, H, nb, block, W)
-        weights = self.span.normalize(self.normalizer, scores, soft, self.renormalize_span)
-        return weights, self._stats_mask(masked, soft)
-
-    @staticmethod
-    def _band_key_bias(band: Band, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype, device
-                       ) -> Tuple[Tensor, Tensor]:
-        """Masked keys on the band, bool (1 or bsz, 1, num_blocks, block, width), and the additive bias: -inf there,
-        plus any finite part of a float attn_mask. attn_mask and key_padding_mask are read on the band only."""
-        masked = band.outside(device)  # (num_blocks, block, width)
-        additive = None
-        if attn_mask is not None:
-            fill = float("-inf") if attn_mask.dtype.is_floating_point else True
-            attn_masked, additive = split_attn_mask(band_gather_rows(attn_mask, band, fill))  # (padded_len, width)
-            masked = masked | attn_masked.view_as(masked)
-        if key_padding_mask is not None:
-            padding = band_gather_keys(key_padding_mask.to(torch.bool), band, True)  # (bsz, padded_len, width)
-            masked = masked | padding.view(-1, *masked.shape[-3:])  # (bsz, num_blocks, block, width)
-        masked = masked.unsqueeze(-4)  # (1 or bsz, 1, num_blocks, block, width)
-        bias = torch.zeros(masked.shape, dtype=dtype, device=device).masked_fill_(masked, float("-inf"))
-        if additive is not None:
-            bias = bias + additive.view(masked.shape[-3:]).to(dtype)
-        return masked, bias
-
-    @staticmethod
-    def _real_rows(weights: Tensor, mask: Optional[Tensor], band: Optional[Band]) -> Tuple[Tensor, Optional[Tensor]]:
-        """Banded weights and mask (.., num_blocks, block, width) without the padded query rows: (.., length, width)."""
-        if band is None:
-            return weights, mask
-        weights = weights.flatten(-3, -2)[..., : band.length, :]
-        if mask is not None:
-            mask = mask.expand(weights.shape[:-2] + mask.shape[-3:]).flatten(-3, -2)[..., : band.length, :]
-        return weights, mask
-
-    def _stats_mask(self, masked: Optional[Tensor], soft: Tensor) -> Optional[Tensor]:
-        """Keys the weights exclude (masked, or span mask 0), for the zero-fraction statistic; None if not logged."""
-        if self.stats_key is None:
-            return None
-        return soft == 0 if masked is None else masked | (soft == 0)
-
-    def _log_stats(self, weights: Tensor, mask: Optional[Tensor], spans: Optional[Tensor]) -> None:
-        log_attention_stats(self.stats_key, weights, mask, self.normalizer)
-        if spans is not None:
-            log_span_stats(self.stats_key, self.layer_index, spans)
 
     def _project(
         self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor], key_padding_mask: Optional[Tensor]
@@ -380,62 +281,15 @@ class SparseMultiheadAttention(nn.Module):
             return min(available, keys_needed(self.span.max_span, self.span.ramp, available))
         return min(available, -(-self.span.cache_keys(available) // _MEMORY_GRAIN) * _MEMORY_GRAIN)
 
-    def _scores(self, q: Tensor, k: Tensor) -> Tensor:
-        """q.k / sqrt(head_dim) (q is pre-scaled); keys shared by a sentence's beams broadcast over them.
-
-        q (bsz, H, tgt_len, head_dim), k (kv_bsz, H, src_len, head_dim) -> (bsz, H, tgt_len, src_len).
-        """
-        bsz, kv_bsz = q.size(0), k.size(0)
-        if bsz == kv_bsz:
-            return torch.matmul(q, k.transpose(-1, -2))  # (bsz, H, tgt_len, src_len)
-        # Fold the beams into the query rows (as fairseq's einsum does): one matmul per sentence and head, and the
-        # keys are never expanded to bsz copies (a broadcast matmul would copy them at every decoding step).
-        q_beams = q.unflatten(0, (kv_bsz, -1))  # (kv_bsz, beam, H, tgt_len, head_dim)
-        beam, tgt_len = q_beams.size(1), q_beams.size(3)
-        q_rows = q_beams.transpose(1, 2).flatten(2, 3)  # (kv_bsz, H, beam * tgt_len, head_dim)
-        scores = torch.matmul(q_rows, k.transpose(-1, -2))  # (kv_bsz, H, beam * tgt_len, src_len)
-        scores = scores.unflatten(2, (beam, tgt_len)).transpose(1, 2)  # (kv_bsz, beam, H, tgt_len, src_len)
-        return scores.flatten(0, 1)  # (bsz, H, tgt_len, src_len)
-
-    def _mask(
-        self, scores: Tensor, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], kv_bsz: int
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        """Bool mask (True = masked) broadcastable to scores (bsz, H, tgt_len, src_len), and scores plus any additive
-        (finite, non-masking) part of a float ``attn_mask``."""
-        mask = None
-        if attn_mask is not None:
-            mask, additive = split_attn_mask(attn_mask)  # (tgt_len, src_len)
-            if additive is not None:
-                scores = scores + additive.to(scores.dtype)
-        if key_padding_mask is not None:
-            padding = key_padding_mask.to(torch.bool)  # (kv_bsz, src_len)
-            bsz = scores.size(0)
-            if bsz != kv_bsz:
-                padding = padding.repeat_interleave(bsz // kv_bsz, dim=0)  # (bsz, src_len)
-            padding = padding[:, None, None, :]  # (bsz, 1, 1, src_len)
-            mask = padding if mask is None else mask | padding
-        return scores, mask
-
     def _before_softmax_output(self, scores: Tensor, mask: Optional[Tensor], v: Tensor) -> Tuple[Tensor, Tensor]:
         """fairseq's ``before_softmax`` return: masked scores (bsz * H, tgt_len, src_len), v (kv_bsz * H, src_len, d)."""
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
         return scores.flatten(0, 1), v.flatten(0, 1)
 
-    def _mix_values(self, probs: Tensor, v: Tensor) -> Tensor:
-        """probs (bsz, H, tgt_len, src_len) x v (kv_bsz, H, src_len, head_dim) -> (tgt_len, bsz, embed_dim)."""
-        bsz, kv_bsz = probs.size(0), v.size(0)
-        if bsz == kv_bsz:
-            attn = torch.matmul(probs, v)  # (bsz, H, tgt_len, head_dim)
-        else:  # beams folded into the query rows, as in _scores
-            beams = probs.unflatten(0, (kv_bsz, -1))  # (kv_bsz, beam, H, tgt_len, src_len)
-            beam, tgt_len = beams.size(1), beams.size(3)
-            attn = torch.matmul(beams.transpose(1, 2).flatten(2, 3), v)  # (kv_bsz, H, beam * tgt_len, head_dim)
-            attn = attn.unflatten(2, (beam, tgt_len)).transpose(1, 2).flatten(0, 1)  # (bsz, H, tgt_len, head_dim)
-        return attn.permute(2, 0, 1, 3).flatten(2)  # (tgt_len, bsz, embed_dim)
-
     @staticmethod
-    def _returned_weights(weights: Tensor, need_weights: bool, need_head_weights: bool) -> Optional[Tensor]:
+    def _returned_weights(weights: Optional[Tensor], need_weights: bool, need_head_weights: bool
+                          ) -> Optional[Tensor]:
         """None, (num_heads, bsz, tgt_len, src_len) per head, or (bsz, tgt_len, src_len) averaged over heads."""
         if not need_weights:
             return None

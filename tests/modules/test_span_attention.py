@@ -6,6 +6,7 @@ import torch
 from sparse_attn_fairseq.functional.span import keys_needed
 from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan
 from sparse_attn_fairseq.layers.normalizers import build_normalizer
+from sparse_attn_fairseq.modules.attention_cores import AttentionCall, BandedSpanCore
 from sparse_attn_fairseq.modules.sparse_multihead_attention import SparseMultiheadAttention
 from tests.tolerances import BAND, INCREMENTAL
 
@@ -55,7 +56,9 @@ def test_banded_equals_full_masked_computation(normalizer, causal, dynamic):
     for largest in (1, 3, 7, 12, 20, 30, LENGTH):
         _set_spans(attention, largest)
         spans = attention._spans(x) if dynamic else attention.span.spans()
-        banded_somewhere |= attention._band(spans, LENGTH, LENGTH, None) is not None
+        q = torch.zeros(3, HEADS, LENGTH, EMBED // HEADS)
+        call = AttentionCall(q, q, q, None, None, spans, need_weights=False, incremental=False, observe_weights=False)
+        banded_somewhere |= BandedSpanCore().refusal(attention, call) is None
         full = _run(attention, x, banded=False, padding=None if causal else padding)
         band = _run(attention, x, banded=True, padding=None if causal else padding)
         for a, b in zip(full[:2], band[:2]):  # outputs and weights

@@ -23,6 +23,12 @@ default rela, plus (Zhang, Titov, Sennrich, EMNLP 2021, section 3.2; layers/rela
 
 Which normalizers a model offers and its default is its :class:`AttentionMethod` (ENTMAX, RELA or SPAN).
 
+Every model also has:
+
+    --attention-kernel      auto (default: the fastest kernel that accepts each input) or a kernel to force, e.g.
+                            reference (plain PyTorch); kernels/registry.py; SPARSE_ATTN_FAIRSEQ_KERNEL overrides it
+    --no-attention-stats    do not attach the statistics observers (zeros_*, alpha_*, null_*, span_* in the log)
+
 Adaptive span models (Sukhbaatar et al., ACL 2019) add, for encoder and decoder self-attention:
 
     --adaptive-span-max     S, the largest span in tokens (default 1024; the _small LM preset: 8192)
@@ -39,11 +45,12 @@ together, each naming its flag and bad value (:class:`AttentionOptionsError`, a 
 
 # No `from __future__ import annotations`: omegaconf reads these dataclass field types at runtime.
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from sparse_attn_fairseq.kernels import AUTO, kernel_names
 from sparse_attn_fairseq.layers.normalizers import normalizer_names
 from sparse_attn_fairseq.layers.rela_norm import GATE_INITS as RELA_GATE_INITS
 from sparse_attn_fairseq.layers.rela_norm import VARIANTS as RELA_NORM_VARIANTS
@@ -81,6 +88,23 @@ RELA = AttentionMethod(RELA_NORMALIZERS, "rela")
 SPAN = AttentionMethod(ENTMAX_NORMALIZERS, "softmax")  # adaptive span composes with any of them
 
 
+KernelChoice = ChoiceEnum((AUTO,) + kernel_names())
+
+
+@dataclass
+class AttentionRuntimeConfig(FairseqDataclass):
+    """How every attention type runs: the kernel and the statistics in the log (flags of every model)."""
+
+    attention_kernel: KernelChoice = field(  # type: ignore[valid-type]
+        default=AUTO,
+        metadata={"help": "kernel of the normalizers: auto (the fastest that accepts each input) or one to force "
+                          "(the environment variable SPARSE_ATTN_FAIRSEQ_KERNEL overrides it)"},
+    )
+    no_attention_stats: bool = field(
+        default=False, metadata={"help": "do not log attention sparsity, alpha and spans (zeros_*, alpha_*, span_*)"}
+    )
+
+
 @dataclass
 class EntmaxAlphaConfig(FairseqDataclass):
     """Alpha settings shared by every attention type (flags of both the MT and the LM models)."""
@@ -100,7 +124,7 @@ class EntmaxAlphaConfig(FairseqDataclass):
 
 
 @dataclass
-class EntmaxLMAttentionConfig(EntmaxAlphaConfig):
+class EntmaxLMAttentionConfig(EntmaxAlphaConfig, AttentionRuntimeConfig):
     """Flags of the language model: it has decoder self-attention only."""
 
     decoder_attention_normalizer: NormalizerChoice = field(  # type: ignore[valid-type]
@@ -176,7 +200,7 @@ class StreamingSpanConfig(FairseqDataclass):
 
 
 @dataclass
-class RelaLMAttentionConfig(RelaNormConfig):
+class RelaLMAttentionConfig(RelaNormConfig, AttentionRuntimeConfig):
     """Flags of the ReLA language model: decoder self-attention only."""
 
     decoder_attention_normalizer: RelaNormalizerChoice = field(  # type: ignore[valid-type]
@@ -232,6 +256,7 @@ class NormalizerSpec:
     name: str
     options: tuple[tuple[str, Any], ...] = ()
     output_norm: tuple[tuple[str, Any], ...] | None = None
+    kernel: str = AUTO
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.options)
@@ -260,6 +285,7 @@ class AttentionOptions:
     decoder: NormalizerSpec | None
     encoder_decoder: NormalizerSpec | None
     span: SpanOptions | None = None
+    stats: bool = True  # attach the statistics observers
 
     def spec(self, attention_type: str) -> NormalizerSpec:
         spec = getattr(self, attention_type)
@@ -362,6 +388,9 @@ def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTI
         AttentionOptionsError: listing every invalid flag and its value.
     """
     problems: list[str] = []
+    kernel = str(getattr(args, "attention_kernel", AUTO))
+    if kernel not in (AUTO,) + kernel_names():
+        problems.append(f"{_flag('attention_kernel')}={kernel!r}: choose one of {', '.join((AUTO,) + kernel_names())}")
     alpha_settings = _read_alpha_settings(args, problems)
     rela_norm = _read_rela_norm(args, problems) if "rela" in method.normalizers else ()
     specs: dict[str, NormalizerSpec | None] = dict.fromkeys(ATTENTION_TYPES)
@@ -371,8 +400,8 @@ def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTI
         if name not in method.normalizers:
             problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(method.normalizers)}")
             continue
-        specs[attention_type] = _spec(name, alpha_settings, rela_norm)
+        specs[attention_type] = replace(_spec(name, alpha_settings, rela_norm), kernel=kernel)
     span_options = _read_span_options(args, problems) if span else None
     if problems:
         raise AttentionOptionsError("invalid attention options: " + "; ".join(problems))
-    return AttentionOptions(**specs, span=span_options)
+    return AttentionOptions(**specs, span=span_options, stats=not getattr(args, "no_attention_stats", False))

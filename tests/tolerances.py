@@ -12,6 +12,7 @@ GRADCHECK = {"eps": 1e-6, "atol": 1e-6, "rtol": 1e-4}  # float64 finite differen
 KERNEL_GRAD = 1e-4  # a float32 kernel's gradients against the float64 reference's, relative to their largest value
 # Two computations of the same function (max abs difference):
 INCREMENTAL = 1e-5  # step-by-step incremental decoding against one full forward, float32
+INCREMENTAL_LOGPROBS = 1e-4  # the same for whole models' log-probabilities (float32, a few layers deep)
 BAND = 1e-5  # banded span attention against the full masked computation
 STREAMING = 1e-5  # blocks with memory against one forward over the whole sequence, float64 (issue: <= 1e-5)
 CLOSED_FORM = 1e-6  # float32 values against a closed form or a hand-built reference

@@ -7,8 +7,9 @@ every normalizer on every device and is always available; faster kernels registe
 chosen when they accept the inputs.
 
 The choice can be forced: per call (``kernel=``, from the models' ``--attention-kernel`` flag) or for the whole
-process with the environment variable ``SPARSE_ATTN_FAIRSEQ_KERNEL`` (which wins). A forced kernel that refuses the
-inputs is an error; when no kernel accepts them, :class:`NoKernelError` lists why each one refused.
+process with the environment variable ``SPARSE_ATTN_FAIRSEQ_KERNEL`` (which wins). A forced kernel computes every
+normalizer it implements (the others choose as usual); if it refuses an input (device, dtype, a feature) that is an
+error. When no kernel accepts an input, :class:`NoKernelError` lists why each one refused.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def select_kernel(normalizer: str, scores: torch.Tensor, needs: frozenset[str] =
 
 
 def _choose(normalizer: str, device: str, dtype: torch.dtype, needs: frozenset[str], forced: str) -> Kernel:
+    if forced != AUTO and not get_kernel(forced).implements(normalizer):
+        forced = AUTO  # a forced kernel applies to the normalizers it implements; the others choose as usual
     candidates = (get_kernel(forced),) if forced != AUTO else tuple(_KERNELS[n] for n in kernel_names())
     reasons = []
     for kernel in candidates:

@@ -26,6 +26,11 @@ from sparse_attn_fairseq.options import AttentionOptions, NormalizerSpec, SpanOp
 STATS_KEYS = {"encoder": "enc", "decoder": "dec", "encoder_decoder": "encdec"}
 
 
+def stats_key(options: AttentionOptions, attention_type: str) -> Optional[str]:
+    """The log key of an attention type's statistics observer, or None without statistics."""
+    return STATS_KEYS[attention_type] if options.stats else None
+
+
 def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec, span: Optional[SpanOptions] = None,
                            **kwargs) -> SparseMultiheadAttention:
     """The attention module for one attention type; ``kwargs`` are SparseMultiheadAttention's own arguments.
@@ -33,7 +38,7 @@ def build_sparse_attention(embed_dim: int, num_heads: int, spec: NormalizerSpec,
     The spec's output norm (ReLA) goes before out_proj. With ``span`` (self-attention only) it gets an AdaptiveSpan;
     rows are renormalised after the span mask unless the normalizer's rows do not sum to one (ReLA).
     """
-    normalizer = build_normalizer(spec.name, num_heads, **spec.kwargs())
+    normalizer = build_normalizer(spec.name, num_heads, kernel=spec.kernel, **spec.kwargs())
     norm_kwargs = spec.output_norm_kwargs()
     if norm_kwargs is not None:
         kwargs.update(output_norm=RelaOutputNorm(embed_dim, num_heads, **norm_kwargs))
@@ -72,7 +77,8 @@ class SparseTransformerEncoderLayer(TransformerEncoderLayerBase):
         return build_sparse_attention(
             embed_dim, cfg.encoder.attention_heads, self.attention_options.spec("encoder"),
             span=self.attention_options.span, dropout=cfg.attention_dropout, self_attention=True,
-            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["encoder"],
+            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
+            stats_key=stats_key(self.attention_options, "encoder"),
         )
 
 
@@ -89,7 +95,8 @@ class SparseTransformerDecoderLayer(TransformerDecoderLayerBase):
             embed_dim, cfg.decoder.attention_heads, self.attention_options.spec("decoder"),
             span=self.attention_options.span, dropout=cfg.attention_dropout,
             self_attention=not cfg.cross_self_attention, causal=True,
-            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size, stats_key=STATS_KEYS["decoder"],
+            q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
+            stats_key=stats_key(self.attention_options, "decoder"),
         )
 
     def build_encoder_attention(self, embed_dim, cfg):
@@ -98,7 +105,7 @@ class SparseTransformerDecoderLayer(TransformerDecoderLayerBase):
             embed_dim, cfg.decoder.attention_heads, self.attention_options.spec("encoder_decoder"),
             kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim, dropout=cfg.attention_dropout,
             encoder_decoder_attention=True, q_noise=self.quant_noise, qn_block_size=self.quant_noise_block_size,
-            stats_key=STATS_KEYS["encoder_decoder"],
+            stats_key=stats_key(self.attention_options, "encoder_decoder"),
         )
 
 

@@ -5,6 +5,8 @@ Commands (about 1 minute per architecture and round on 2 idle CPU cores):
         --layers 6 --dim 512 --heads 8 --updates 10      # the architectures' own size (transformer base)
     python bench/bench_fairseq.py transformer_entmax transformer_rela transformer_adaptive_span  # tiny: 2 layers, d 128
 Smoke run (about 1 minute):  python bench/bench_fairseq.py transformer_entmax --quick
+Language models (softmax in our module vs transformer_lm, 512 and 2048 tokens per sample, tiny sizes):
+    python bench/bench_fairseq.py --lm --updates 20
 The tiny model is the stress case for decoding: per step, the attention normaliser's fixed cost weighs most there.
 
 Same data (the synthetic pair), same sizes, same seed, CPU. Runs alternate between the two models for ``--rounds``
@@ -29,12 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "sparse_attn_fairseq"
 BIN = Path(sys.executable).parent
 BASELINE = "transformer"
-# architecture -> (train words/s ratio, generate sentences/s ratio) it should reach; None: no target
+# size -> architecture -> (train words/s ratio, generate sentences/s ratio) it should reach; None: no target.
+# tiny: 2 + 2 layers, d 128 (the defaults); base: 6 + 6 layers, d 512.
 TARGETS = {
-    "transformer_entmax": (0.6, 0.7),
-    "transformer_rela": (0.9, 0.9),
-    "transformer_adaptive_span": (0.85, None),
+    "tiny": {"transformer_entmax": (0.95, 0.9), "transformer_rela": (0.9, 0.9),
+             "transformer_adaptive_span": (0.85, None)},
+    "base": {"transformer_entmax": (0.95, 0.95), "transformer_rela": (0.9, 0.9),
+             "transformer_adaptive_span": (0.85, None)},
 }
+LM_BASELINE, LM_OURS = "transformer_lm", "transformer_lm_entmax"
+LM_TARGET = 0.95  # transformer_lm_entmax with softmax in our attention module, train words/s vs transformer_lm
 
 
 def run(command, *args):
@@ -83,9 +89,47 @@ def generate_sps(data: Path, checkpoint: Path, args) -> float:
     return statistics.median(speeds)
 
 
+def make_lm_data(root: Path) -> Path:
+    """The synthetic pair's target side as one monolingual corpus (for --lm)."""
+    run("fairseq-preprocess", "--only-source", "--trainpref", root / "raw/train.tgt", "--validpref",
+        root / "raw/valid.tgt", "--destdir", root / "lm-bin", "--workers", "1")
+    return root / "lm-bin"
+
+
+def train_lm_wps(data: Path, save_dir: Path, arch: str, tokens_per_sample: int, args) -> float:
+    extra = ["--decoder-attention-normalizer", "softmax"] if arch == LM_OURS else []
+    log = run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "language_modeling", "--arch", arch, *extra,
+              "--decoder-layers", args.layers, "--decoder-embed-dim", args.dim, "--decoder-ffn-embed-dim",
+              4 * args.dim, "--decoder-attention-heads", args.heads, "--tokens-per-sample", tokens_per_sample,
+              "--sample-break-mode", "none", "--max-tokens", max(4096, tokens_per_sample), "--optimizer", "adam",
+              "--lr", "1e-3", "--max-update", args.updates, "--disable-validation", "--no-save", "--save-dir",
+              save_dir, "--cpu", "--seed", 1, "--log-format", "simple", "--log-interval", 5, "--num-workers", 0)
+    values = [float(v) for v in re.findall(r"train_inner .*?wps=([\d.]+)", log)]
+    return statistics.median(values[1:] or values)
+
+
+def compare_language_models(root: Path, args) -> None:
+    """transformer_lm_entmax with softmax (our attention module, fused core) vs fairseq's transformer_lm."""
+    data = make_lm_data(root)
+    print("| tokens per sample | per-round ratios to transformer_lm | median | target |")
+    print("|---|---|---|---|")
+    for tokens in args.lm_tokens:
+        ratios = []
+        for round_index in range(args.rounds):
+            order = [LM_BASELINE, LM_OURS] if round_index % 2 == 0 else [LM_OURS, LM_BASELINE]
+            wps = {arch: train_lm_wps(data, root / f"lm-{arch}", arch, tokens, args) for arch in order}
+            ratios.append(wps[LM_OURS] / wps[LM_BASELINE])
+        ratio = statistics.median(ratios)
+        print(f"| {tokens} | {', '.join(f'{r:.2f}' for r in ratios)} | {ratio:.2f}x | {LM_TARGET}x "
+              f"({'met' if ratio >= LM_TARGET else 'MISSED'}) |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("archs", nargs="+", help="architectures to compare with fairseq's transformer")
+    parser.add_argument("archs", nargs="*", help="architectures to compare with fairseq's transformer")
+    parser.add_argument("--lm", action="store_true", help="also: transformer_lm_entmax with softmax vs transformer_lm")
+    parser.add_argument("--lm-tokens", type=lambda v: [int(t) for t in v.split(",")], default=[512, 2048],
+                        help="tokens per sample of the LM comparison (default 512,2048)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", type=int, default=2)
@@ -101,6 +145,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_data(root, 600 if args.quick else 3000)
+        if args.lm:
+            compare_language_models(root, args)
+        if not args.archs:
+            return
         models = [BASELINE, *args.archs]
         speeds = {name: {"train": [], "generate": []} for name in models}
         for round_index in range(args.rounds):
@@ -118,7 +166,9 @@ def main():
         for index, (metric, unit) in enumerate((("train", "words/s"), ("generate", "sentences/s"))):
             ratios = [ours / base for ours, base in zip(speeds[arch][metric], speeds[BASELINE][metric])]
             ratio = statistics.median(ratios)
-            target = TARGETS.get(arch, (None, None))[index]
+            size = "tiny" if (args.layers, args.dim) == (2, 128) else "base" if (args.layers, args.dim) == (6, 512) \
+                else None
+            target = TARGETS.get(size, {}).get(arch, (None, None))[index]
             verdict = "-" if target is None else f"{target}x ({'met' if ratio >= target else 'MISSED'})"
             print(f"| {arch} | {metric} {unit} | {', '.join(f'{r:.2f}' for r in ratios)} | {ratio:.2f}x | {verdict} |")
 

@@ -1,6 +1,8 @@
 """Forward+backward cost of each attention normalizer relative to torch.softmax on the same tensors.
 
-Command (2-5 minutes on 2 CPU cores):      python bench/bench_normalizers.py
+Command (2-5 minutes on 2 CPU cores):      python bench/bench_normalizers.py --threads 1,2
+The issue-13 targets, (64, 256, 256):     python bench/bench_normalizers.py --shapes 64x256x256 --threads 1,2
+Rows: every (normalizer, kernel) pair of the registries, so a new normalizer or kernel is measured by itself.
 Smoke run (seconds):                       python bench/bench_normalizers.py --quick
 
 Timing: every case runs once per round, in a rotating order, for ``--rounds`` rounds (a third of them, at least 5, for
@@ -31,24 +33,29 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_attn_fairseq.functional.entmax import entmax15, entmax_alpha, sparsemax  # noqa: E402
-from sparse_attn_fairseq.functional.rela import rela_weights  # noqa: E402
+from sparse_attn_fairseq.kernels import kernels_for  # noqa: E402
+from sparse_attn_fairseq.layers.normalizers import normalizer_names  # noqa: E402
 
 NUM_HEADS = 8
 FULL_SHAPES = [(64, 64, 64), (64, 256, 256), (16, 1024, 1024)]
 QUICK_SHAPES = [(16, 16, 16)]
+BASELINE = "softmax (torch)"
+# the alpha argument each normalizer's kernels get (entmax_alpha: the learned per-head alpha)
+KERNEL_ALPHA = {"entmax_fixed": 1.3}
+# target time / softmax per normalizer at (64, 256, 256), 1 thread and 2 threads (issue 13); None: no target
+TARGETS = {"entmax_alpha": (4.0, 5.0), "entmax15": (3.0, None), "sparsemax": (3.0, None)}
 
 
 def build_cases(alpha: torch.Tensor) -> dict:
-    """name -> function of a (bsz, heads, tgt, src) score tensor; 'pkg:' rows use the entmax package if installed."""
-    cases = {
-        "softmax (torch)": lambda x: torch.softmax(x, -1),
-        "entmax_alpha, learned alpha": lambda x: entmax_alpha(x, alpha),
-        "entmax_alpha, fixed 1.3": lambda x: entmax_alpha(x, 1.3),
-        "entmax15": entmax15,
-        "sparsemax": sparsemax,
-        "rela_weights": rela_weights,
-    }
+    """name -> function of a (bsz, heads, tgt, src) score tensor: torch.softmax, then every (normalizer, kernel)
+    pair of the registries (a new normalizer or kernel appears here by itself), then the entmax package's."""
+    cases = {BASELINE: lambda x: torch.softmax(x, -1)}
+    for normalizer in normalizer_names():
+        for kernel in kernels_for(normalizer):
+            if kernel.unavailable() is None:
+                kernel_alpha = alpha if normalizer == "entmax_alpha" else KERNEL_ALPHA.get(normalizer)
+                cases[f"{normalizer} [{kernel.name}]"] = (
+                    lambda x, k=kernel, n=normalizer, a=kernel_alpha: k.fn(n, x, None, a))
     try:
         import entmax as pkg
     except ImportError:
@@ -118,11 +125,11 @@ def bench_shape(shape, device, rounds, with_memory) -> list[tuple]:
         rounds = max(5, rounds // 3)
     med = time_cases(cases, x, grad, alpha, rounds)
     mem = {n: peak_extra_bytes(f, x, grad, alpha) for n, f in cases.items()} if with_memory else {}
-    base_t, base_m = med["softmax (torch)"], mem.get("softmax (torch)")
+    base_t, base_m = med[BASELINE], mem.get(BASELINE)
     rows = []
     for name in cases:
         mem_ratio = f"{mem[name] / base_m:.2f}" if base_m else "-"
-        rows.append((f"{device} {shape}", name, f"{med[name] * 1e3:.2f}", f"{med[name] / base_t:.1f}", mem_ratio))
+        rows.append((f"{device} {shape}", name, f"{med[name] * 1e3:.2f}", f"{med[name] / base_t:.2f}", mem_ratio))
     return rows
 
 
@@ -132,10 +139,16 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per case (default 15)")
     parser.add_argument("--shapes", default=None, help="e.g. 64x256x256,16x1024x1024 (bsz*heads x tgt x src)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", default=None,
+                        help="torch CPU threads, or several in one run, e.g. 1,2 (default: torch's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    for threads in (args.threads.split(",") if args.threads else [None]):
+        if threads:
+            torch.set_num_threads(int(threads))
+        run_all(args)
+
+
+def run_all(args) -> None:
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -143,12 +156,25 @@ def main(argv=None) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     load = "n/a" if not hasattr(os, "getloadavg") else ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds={rounds}, load average {load}\n")
-    print("| device, shape | normalizer | median ms (fwd+bwd) | time / softmax | peak extra memory / softmax |")
-    print("|---|---|---:|---:|---:|")
+    print("| device, shape | normalizer [kernel] | median ms (fwd+bwd) | time / softmax | peak extra memory / "
+          "softmax | target |")
+    print("|---|---|---:|---:|---:|---|")
     for device in devices:
         for shape in shapes:
             for row in bench_shape(shape, device, rounds, with_memory=not (args.quick or args.no_memory)):
-                print("| " + " | ".join(row) + " |", flush=True)
+                print("| " + " | ".join(row + (verdict(row, shape, device),)) + " |", flush=True)
+
+
+def verdict(row: tuple, shape: tuple, device: str) -> str:
+    """The issue's target for fused rows at (64, 256, 256) on CPU at 1 or 2 threads, met or missed."""
+    name = row[1].split(" [")[0]
+    threads = torch.get_num_threads()
+    if device != "cpu" or shape != (64, 256, 256) or "[fused" not in row[1] or threads not in (1, 2):
+        return "-"
+    target = TARGETS.get(name, (None, None))[threads - 1]
+    if target is None:
+        return "-"
+    return f"<= {target}x: {'met' if float(row[3]) <= target else 'MISSED'}"
 
 
 if __name__ == "__main__":

@@ -45,30 +45,25 @@ together, each naming its flag and bad value (:class:`AttentionOptionsError`, a 
 
 # No `from __future__ import annotations`: omegaconf reads these dataclass field types at runtime.
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from sparse_attn_fairseq.kernels import AUTO, kernel_names
-from sparse_attn_fairseq.layers.normalizers import normalizer_names
+from sparse_attn_fairseq.layers.normalizers import ALPHA_NEAREST_ONE  # noqa: F401  (re-exported)
+from sparse_attn_fairseq.layers.normalizers import normalizer_class, normalizer_names
 from sparse_attn_fairseq.layers.rela_norm import GATE_INITS as RELA_GATE_INITS
 from sparse_attn_fairseq.layers.rela_norm import VARIANTS as RELA_NORM_VARIANTS
 
-# Normalizers the entmax models offer (ReLA needs its output norm and has its own model).
-ENTMAX_NORMALIZERS = ("softmax", "sparsemax", "entmax15", "entmax_alpha", "entmax_fixed")
-# Normalizers the ReLA models offer: ReLA (with its output norm) or stock softmax, per attention type.
-RELA_NORMALIZERS = ("rela", "softmax")
-_missing = sorted(set(ENTMAX_NORMALIZERS + RELA_NORMALIZERS) - set(normalizer_names()))
-if _missing:
-    raise ImportError(f"normalizers {_missing} are not registered (registered: {', '.join(normalizer_names())})")
+# From the normalizer registry: the entmax models offer every normalizer that needs no output norm; the ReLA models
+# those that need one (with its output norm) and stock softmax, per attention type.
+ENTMAX_NORMALIZERS = tuple(n for n in normalizer_names() if not normalizer_class(n).needs_output_norm)
+RELA_NORMALIZERS = tuple(n for n in normalizer_names() if normalizer_class(n).needs_output_norm) + ("softmax",)
 
 # Attention types, in fairseq's vocabulary: encoder self, decoder self, encoder-decoder (fairseq's "encoder_attn").
 ATTENTION_TYPES = ("encoder", "decoder", "encoder_decoder")
 DEFAULT_NORMALIZER = "entmax_alpha"
-# The alpha closest to 1 (other than 1 itself, softmax) solved to float32 accuracy; at 1.0001 the error is 5e-5
-# (tests/functional/test_entmax.py::test_alpha_nearest_one_is_solved_to_float32_accuracy).
-ALPHA_NEAREST_ONE = 1.001
 NormalizerChoice = ChoiceEnum(ENTMAX_NORMALIZERS)
 RelaNormalizerChoice = ChoiceEnum(RELA_NORMALIZERS)
 RelaNormVariantChoice = ChoiceEnum(RELA_NORM_VARIANTS)
@@ -105,22 +100,16 @@ class AttentionRuntimeConfig(FairseqDataclass):
     )
 
 
-@dataclass
-class EntmaxAlphaConfig(FairseqDataclass):
-    """Alpha settings shared by every attention type (flags of both the MT and the LM models)."""
+def normalizer_flags_config(name: str, normalizers: tuple[str, ...]) -> type:
+    """A fairseq dataclass with one field per flag of ``normalizers`` (their records' NormalizerFlag)."""
+    flags = {f.name: f for n in normalizers for f in normalizer_class(n).flags}
+    fields = [(f.name, f.type, field(default=f.default, metadata={"help": f.help})) for f in flags.values()]
+    return make_dataclass(name, fields, bases=(FairseqDataclass,), namespace={"__module__": __name__})
 
-    entmax_alpha_init: str = field(
-        default="random",
-        metadata={"help": 'initial alpha of entmax_alpha, in [1, 2], or "random" (alpha = 1 + sigmoid(N(0, 1)))'},
-    )
-    entmax_alpha_min: float = field(default=1.01, metadata={"help": "lower clamp of the learned alpha (>= 1)"})
-    entmax_alpha_max: float = field(default=2.0, metadata={"help": "upper clamp of the learned alpha (<= 2)"})
-    entmax_fixed_alpha: float = field(default=1.5, metadata={"help": "alpha of entmax_fixed, in [1, 2]"})
-    entmax_alpha_lr_scale: float = field(
-        default=10.0,
-        metadata={"help": "learning-rate multiplier of the alpha parameters (> 0): alpha = 1 + sigmoid(scale * a), "
-                          "so Adam's steps on the logit are scale times larger"},
-    )
+
+# The flags of the entmax family's normalizers (--entmax-alpha-*, --entmax-fixed-alpha), shared by every attention
+# type of the models that offer them.
+EntmaxAlphaConfig = normalizer_flags_config("EntmaxAlphaConfig", ENTMAX_NORMALIZERS)
 
 
 @dataclass
@@ -298,39 +287,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _read_alpha_settings(args: Any, problems: list[str]) -> tuple[Any, tuple[float, float], float, float]:
-    defaults = EntmaxAlphaConfig()
-    lr_scale = getattr(args, "entmax_alpha_lr_scale", defaults.entmax_alpha_lr_scale)
-    if not isinstance(lr_scale, (int, float)) or not 0.0 < lr_scale < float("inf"):
-        problems.append(f"{_flag('entmax_alpha_lr_scale')}={lr_scale!r}: must be a positive number")
-    init = getattr(args, "entmax_alpha_init", defaults.entmax_alpha_init)
-    low = getattr(args, "entmax_alpha_min", defaults.entmax_alpha_min)
-    high = getattr(args, "entmax_alpha_max", defaults.entmax_alpha_max)
-    fixed = getattr(args, "entmax_fixed_alpha", defaults.entmax_fixed_alpha)
-    if str(init) != "random":
-        try:
-            init = float(init)
-        except (TypeError, ValueError):
-            problems.append(f'{_flag("entmax_alpha_init")}={init!r}: expected a number in [1, 2] or "random"')
-            init = None
-    for name, value in (("entmax_alpha_min", low), ("entmax_alpha_max", high), ("entmax_fixed_alpha", fixed)):
-        if not isinstance(value, (int, float)) or not 1.0 <= value <= 2.0:
-            problems.append(f"{_flag(name)}={value!r}: must lie in [1, 2]")
-        elif 1.0 < value < ALPHA_NEAREST_ONE or (name == "entmax_alpha_min" and value < ALPHA_NEAREST_ONE):
-            problems.append(f"{_flag(name)}={value!r}: alpha in (1, {ALPHA_NEAREST_ONE}) is not solved to float32 "
-                            f"accuracy (p ~ x^(1/(alpha-1)) with exponents over 1000); use >= {ALPHA_NEAREST_ONE}"
-                            + ("" if name == "entmax_alpha_min" else ", or 1 for softmax"))
-    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and not low < high:
-        problems.append(f"{_flag('entmax_alpha_min')}={low!r} must be below {_flag('entmax_alpha_max')}={high!r}")
-    if isinstance(init, float) and not (1.0 <= init <= 2.0):
-        problems.append(f"{_flag('entmax_alpha_init')}={init!r}: must lie in [1, 2] or be \"random\"")
-    elif isinstance(init, float) and isinstance(low, (int, float)) and isinstance(high, (int, float)):
-        if not low <= init <= high:
-            problems.append(
-                f"{_flag('entmax_alpha_init')}={init!r} lies outside the clamp range "
-                f"[{_flag('entmax_alpha_min')}={low}, {_flag('entmax_alpha_max')}={high}]"
-            )
-    return ("random" if str(init) == "random" else init), (low, high), fixed, lr_scale
+def _read_normalizer_options(args: Any, normalizers: tuple[str, ...], problems: list[str]) -> dict[str, dict]:
+    """Each offered normalizer's constructor options, read from its flags (missing flags: their defaults); every
+    flag is validated, whichever normalizer is chosen."""
+    options = {}
+    for name in normalizers:
+        cls = normalizer_class(name)
+        values = {flag.name: getattr(args, flag.name, flag.default) for flag in cls.flags}
+        options[name] = cls.options_from_flags(values, problems)
+    return options
 
 
 def _read_rela_norm(args: Any, problems: list[str]) -> tuple[tuple[str, Any], ...]:
@@ -347,17 +312,9 @@ def _read_rela_norm(args: Any, problems: list[str]) -> tuple[tuple[str, Any], ..
     return (("variant", variant), ("per_head", bool(per_head)), ("gate_init", gate_init))
 
 
-def _spec(name: str, alpha_settings: tuple[Any, tuple[float, float], float, float],
-          rela_norm: tuple[tuple[str, Any], ...]) -> NormalizerSpec:
-    if name == "rela":
-        return NormalizerSpec(name, output_norm=rela_norm)
-    init, clamp, fixed, lr_scale = alpha_settings
-    if name == "entmax_alpha":
-        clamp = (float(clamp[0]), float(clamp[1]))
-        return NormalizerSpec(name, (("init", init), ("clamp", clamp), ("lr_scale", float(lr_scale))))
-    if name == "entmax_fixed":
-        return NormalizerSpec(name, (("alpha", float(fixed)),))
-    return NormalizerSpec(name)
+def _spec(name: str, options: dict[str, Any], rela_norm: tuple[tuple[str, Any], ...], kernel: str) -> NormalizerSpec:
+    output_norm = rela_norm if normalizer_class(name).needs_output_norm else None
+    return NormalizerSpec(name, tuple(options.items()), output_norm=output_norm, kernel=kernel)
 
 
 def _read_span_options(args: Any, problems: list[str]) -> SpanOptions:
@@ -391,8 +348,9 @@ def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTI
     kernel = str(getattr(args, "attention_kernel", AUTO))
     if kernel not in (AUTO,) + kernel_names():
         problems.append(f"{_flag('attention_kernel')}={kernel!r}: choose one of {', '.join((AUTO,) + kernel_names())}")
-    alpha_settings = _read_alpha_settings(args, problems)
-    rela_norm = _read_rela_norm(args, problems) if "rela" in method.normalizers else ()
+    normalizer_options = _read_normalizer_options(args, method.normalizers, problems)
+    needs_norm = any(normalizer_class(n).needs_output_norm for n in method.normalizers)
+    rela_norm = _read_rela_norm(args, problems) if needs_norm else ()
     specs: dict[str, NormalizerSpec | None] = dict.fromkeys(ATTENTION_TYPES)
     for attention_type in attention_types:
         key = f"{attention_type}_attention_normalizer"
@@ -400,7 +358,7 @@ def read_attention_options(args: Any, attention_types: tuple[str, ...] = ATTENTI
         if name not in method.normalizers:
             problems.append(f"{_flag(key)}={name!r}: choose one of {', '.join(method.normalizers)}")
             continue
-        specs[attention_type] = replace(_spec(name, alpha_settings, rela_norm), kernel=kernel)
+        specs[attention_type] = _spec(name, normalizer_options[name], rela_norm, kernel)
     span_options = _read_span_options(args, problems) if span else None
     if problems:
         raise AttentionOptionsError("invalid attention options: " + "; ".join(problems))

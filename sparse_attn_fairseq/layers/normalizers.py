@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,6 +22,24 @@ from sparse_attn_fairseq.functional.rela import rela_weights
 from sparse_attn_fairseq.kernels import AUTO, get_kernel, normalize, register_reference
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
+# The alpha closest to 1 (other than 1 itself, softmax) solved to float32 accuracy; at 1.0001 the error is 5e-5
+# (tests/functional/test_entmax.py::test_alpha_nearest_one_is_solved_to_float32_accuracy).
+ALPHA_NEAREST_ONE = 1.001
+
+
+@dataclass(frozen=True)
+class NormalizerFlag:
+    """A command-line flag of a normalizer (fairseq spells ``name`` as --kebab-case): options.py generates the
+    models' config fields from these, and the normalizer's ``options_from_flags`` validates and reads them."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 def register_normalizer(name: str, reference: Callable) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -37,6 +56,13 @@ def register_normalizer(name: str, reference: Callable) -> Callable[[type[nn.Mod
         return cls
 
     return register
+
+
+def normalizer_class(name: str) -> type[nn.Module]:
+    """The registered class of ``name``: its capabilities (class attributes), flags and options."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown normalizer {name!r}; valid: {', '.join(normalizer_names())}")
+    return _REGISTRY[name]
 
 
 def normalizer_names() -> tuple[str, ...]:
@@ -71,15 +97,23 @@ def _raise_problems(name: str, problems: list[str]) -> None:
 
 
 class _Normalizer(nn.Module):
-    """Shared shape check; subclasses implement ``normalize``.
+    """Shared shape check and kernel dispatch; a subclass declares its capabilities, flags and alpha.
 
+    Capabilities (class attributes):
     ``sums_to_one``: rows of the output are distributions, so an adaptive span renormalises them after its mask.
     ``exp_family``: weights are proportional to exp(scores), so weights * m renormalised equals the weights of
     scores + log m (an adaptive span then adds log m instead of masking after the normaliser).
+    ``needs_output_norm``: unnormalised weights that need an output norm before out_proj (ReLA); offered by the
+    models that build one.
+    ``allows_null_rows``: a row may be all zero ("null attention"), logged as null_<key>.
+    ``flags``: its command-line flags; ``options_from_flags`` turns their values into constructor options.
     """
 
     sums_to_one = True
     exp_family = False
+    needs_output_norm = False
+    allows_null_rows = False
+    flags: tuple[NormalizerFlag, ...] = ()
     registry_name = ""  # set by register_normalizer
     kernel = AUTO  # the kernel to force, or AUTO
 
@@ -101,6 +135,12 @@ class _Normalizer(nn.Module):
     def kernel_alpha(self):
         """The alpha argument of the kernels: None, a float, or one value per head (num_heads, 1, 1)."""
         return None
+
+    @classmethod
+    def options_from_flags(cls, values: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+        """Constructor options from the values of ``cls.flags`` (by name); each invalid value is appended to
+        ``problems`` as "--flag=value: why"."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}"
@@ -126,6 +166,14 @@ class Entmax15Normalizer(_Normalizer):
 @register_normalizer("entmax_fixed", lambda scores, mask, alpha: entmax_alpha(scores, alpha, mask))
 class EntmaxFixedNormalizer(_Normalizer):
     """alpha-entmax with one fixed alpha in [1, 2] for every head (no parameter)."""
+
+    flags = (NormalizerFlag("entmax_fixed_alpha", float, 1.5, "alpha of entmax_fixed, in [1, 2]"),)
+
+    @classmethod
+    def options_from_flags(cls, values, problems):
+        fixed = values["entmax_fixed_alpha"]
+        problems.extend(_alpha_value_problems(cls.flags[0], fixed, "or 1 for softmax"))
+        return {"alpha": float(fixed) if isinstance(fixed, (int, float)) else fixed}
 
     def __init__(self, num_heads: int, alpha: float = 1.5):
         super().__init__(num_heads)
@@ -153,6 +201,35 @@ class EntmaxAlphaNormalizer(_Normalizer):
     the logit is s * a: an optimiser whose step does not depend on the gradient's scale (Adam) moves alpha s times
     faster, as a learning rate s times larger for alpha alone would.
     """
+
+    flags = (
+        NormalizerFlag("entmax_alpha_init", str, "random",
+                       'initial alpha of entmax_alpha, in [1, 2], or "random" (alpha = 1 + sigmoid(N(0, 1)))'),
+        NormalizerFlag("entmax_alpha_min", float, 1.01, "lower clamp of the learned alpha (>= 1)"),
+        NormalizerFlag("entmax_alpha_max", float, 2.0, "upper clamp of the learned alpha (<= 2)"),
+        NormalizerFlag("entmax_alpha_lr_scale", float, 10.0,
+                       "learning-rate multiplier of the alpha parameters (> 0): alpha = 1 + sigmoid(scale * a), so "
+                       "Adam's steps on the logit are scale times larger"),
+    )
+
+    @classmethod
+    def options_from_flags(cls, values, problems):
+        init_flag, low_flag, high_flag, scale_flag = cls.flags
+        lr_scale, low, high = values["entmax_alpha_lr_scale"], values["entmax_alpha_min"], values["entmax_alpha_max"]
+        if not isinstance(lr_scale, (int, float)) or not 0.0 < lr_scale < math.inf:
+            problems.append(f"{scale_flag.cli}={lr_scale!r}: must be a positive number")
+        init = _read_init(init_flag, values["entmax_alpha_init"], problems)
+        problems.extend(_alpha_value_problems(low_flag, low, "", lowest=True))
+        problems.extend(_alpha_value_problems(high_flag, high, "or 1 for softmax"))
+        numbers = isinstance(low, (int, float)) and isinstance(high, (int, float))
+        if numbers and not low < high:
+            problems.append(f"{low_flag.cli}={low!r} must be below {high_flag.cli}={high!r}")
+        elif numbers and isinstance(init, float) and 1.0 <= init <= 2.0 and not low <= init <= high:
+            problems.append(f"{init_flag.cli}={init!r} lies outside the clamp range "
+                            f"[{low_flag.cli}={low}, {high_flag.cli}={high}]")
+        clamp = (float(low), float(high)) if numbers else (low, high)
+        return {"init": init, "clamp": clamp, "lr_scale": float(lr_scale) if isinstance(lr_scale, (int, float))
+                else lr_scale}
 
     def __init__(self, num_heads: int, init: float | str = 1.5, clamp: tuple[float, float] = (1.01, 2.0),
                  lr_scale: float = 1.0):
@@ -197,6 +274,32 @@ class EntmaxAlphaNormalizer(_Normalizer):
         return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}, lr_scale={self.lr_scale}"
 
 
+def _read_init(flag: NormalizerFlag, init, problems: list[str]):
+    """--entmax-alpha-init: "random" or a number in [1, 2] (as a float)."""
+    if str(init) == "random":
+        return "random"
+    try:
+        init = float(init)
+    except (TypeError, ValueError):
+        problems.append(f'{flag.cli}={init!r}: expected a number in [1, 2] or "random"')
+        return None
+    if not 1.0 <= init <= 2.0:
+        problems.append(f'{flag.cli}={init!r}: must lie in [1, 2] or be "random"')
+    return init
+
+
+def _alpha_value_problems(flag: NormalizerFlag, value, alternative: str, lowest: bool = False) -> list[str]:
+    """An alpha flag's value must lie in [1, 2] and not in (1, ALPHA_NEAREST_ONE) (not solved to float32 accuracy);
+    with ``lowest`` (a clamp's low end) 1 itself is refused too."""
+    if not isinstance(value, (int, float)) or not 1.0 <= value <= 2.0:
+        return [f"{flag.cli}={value!r}: must lie in [1, 2]"]
+    if 1.0 < value < ALPHA_NEAREST_ONE or (lowest and value < ALPHA_NEAREST_ONE):
+        return [f"{flag.cli}={value!r}: alpha in (1, {ALPHA_NEAREST_ONE}) is not solved to float32 accuracy "
+                f"(p ~ x^(1/(alpha-1)) with exponents over 1000); use >= {ALPHA_NEAREST_ONE}"
+                + (f", {alternative}" if alternative else "")]
+    return []
+
+
 def _alpha_problems(init, clamp) -> list[str]:
     problems = []
     ok_clamp = isinstance(clamp, (tuple, list)) and len(clamp) == 2 and 1.0 <= clamp[0] < clamp[1] <= 2.0
@@ -213,3 +316,4 @@ class RelaNormalizer(_Normalizer):
 
     allows_null_rows = True  # a row may be all zero ("null attention"); logged as null_<key>
     sums_to_one = False
+    needs_output_norm = True

@@ -107,3 +107,51 @@ def test_entmax_alpha_loads_a_trained_under_another_scale_with_alpha_unchanged()
         again = reg.build_normalizer("entmax_alpha", 3, lr_scale=2.0)
         again.load_state_dict(new.state_dict())
         assert max_err(again.alpha(), old.alpha()) <= CLOSED_FORM
+
+
+_NEW_RECORD = """
+
+
+def tempered_softmax(scores, mask, alpha):
+    return softmax_masked(scores / 2, mask)
+
+
+@register_normalizer("tempered_softmax", lambda scores, mask, alpha: tempered_softmax(scores, mask, alpha))
+class TemperedSoftmaxNormalizer(_Normalizer):
+    \"\"\"softmax at temperature 2.\"\"\"
+"""
+
+_USE_IT = """
+import torch
+import sparse_attn_fairseq
+from sparse_attn_fairseq import options
+from sparse_attn_fairseq.kernels import select_kernel
+from tests.models.builders import build, random_batch
+assert sparse_attn_fairseq.__file__.startswith(sys.argv[1]), sparse_attn_fairseq.__file__
+assert "tempered_softmax" in options.ENTMAX_NORMALIZERS and "tempered_softmax" in options.SPAN.normalizers
+model, task = build("transformer_entmax", "--encoder-attention-normalizer", "tempered_softmax")
+src, lengths, prev = random_batch(task)
+assert torch.isfinite(model(src, lengths, prev)[0]).all()
+assert select_kernel("tempered_softmax", torch.zeros(1)).name == "reference"
+print("registered, offered, built and run")
+"""
+
+
+def test_a_new_normalizer_is_one_function_plus_one_record(tmp_path):
+    """Append one function and one record to a copy of the package: the CLI offers it, models build with it, the
+    kernel registry runs it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    package = tmp_path / "sparse_attn_fairseq"
+    shutil.copytree(REPO / "sparse_attn_fairseq", package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(package / "layers" / "normalizers.py", "a") as source:
+        source.write(_NEW_RECORD)
+    env = cli_env({"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    result = subprocess.run([sys.executable, "-c", "import sys\n" + _USE_IT, str(tmp_path)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "registered, offered, built and run" in result.stdout

@@ -5,10 +5,12 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels-built
+KERNEL_SOURCES := $(wildcard sparse_attn_fairseq/csrc/*.cpp)
 
 .PHONY: setup demo test test-fast bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNELS)
 
 # fairseq 0.12.2 and omegaconf 2.0.6 are installed from repaired wheels (tools/build_wheelhouse.py
 # says why); everything else resolves normally, so this works with any pip, 24.1+ included.
@@ -19,6 +21,11 @@ $(STAMP): setup.py tools/build_wheelhouse.py
 	$(BIN)/python -m pip install -q --no-deps $(WHEELHOUSE)/*.whl
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,plot]"
+	touch $@ $(KERNELS)
+
+# The fused CPU kernels (sparse_attn_fairseq/_C*.so) are compiled by the editable install; rebuilt when they change.
+$(KERNELS): $(KERNEL_SOURCES) | $(STAMP)
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: setup
@@ -34,4 +41,4 @@ bench: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_normalizers.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info sparse_attn_fairseq/_C*.so

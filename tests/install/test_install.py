@@ -1,5 +1,5 @@
-"""Installation on a fresh virtual environment with pip >= 24.1, and --user-dir from both the
-installed package and the source checkout."""
+"""Installation on a fresh virtual environment with pip >= 24.1 (regular, then editable), the compiled fused
+kernel built by both, and --user-dir from both the installed package and the source checkout."""
 
 import subprocess
 import sys
@@ -67,3 +67,24 @@ def test_fresh_venv_with_modern_pip(tmp_path):
     out = _run(python, "-c", "import fairseq, numpy; print(fairseq.__version__, numpy.__version__)", cwd="/")
     assert out.stdout.startswith("0.12.2 2.")
     _check_user_dirs(python, f"{site}/sparse_attn_fairseq")
+    _check_fused_kernel(python, f"{site}/sparse_attn_fairseq")
+    # editable: the op is built next to the sources, and --user-dir of the checkout finds it
+    _run(python, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", REPO)
+    _check_fused_kernel(python, str(REPO / "sparse_attn_fairseq"))
+
+
+_CHECK_FUSED = """
+import sys, warnings, torch
+warnings.simplefilter("error")  # the fallback warning would fail this
+import sparse_attn_fairseq, sparse_attn_fairseq._C as compiled
+from sparse_attn_fairseq.kernels import select_kernel
+assert compiled.__file__.startswith(sys.argv[1]), (compiled.__file__, sys.argv[1])
+assert select_kernel("entmax_alpha", torch.zeros(2, 3)).name == "fused_cpu"
+print("fused kernel from", compiled.__file__)
+"""
+
+
+def _check_fused_kernel(python, package_dir):
+    """The install built the compiled op where the installed package is, and the kernel registry picks it."""
+    out = _run(python, "-c", _CHECK_FUSED, package_dir, cwd="/")
+    assert "fused kernel from" in out.stdout

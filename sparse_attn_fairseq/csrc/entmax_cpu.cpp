@@ -1,5 +1,6 @@
 // Fused CPU kernels for the entmax family: alpha-entmax with one alpha per row, 1.5-entmax, sparsemax and softmax
-// (alpha = 1), forward and backward, registered as the custom ops sparse_attn::entmax_forward / entmax_backward.
+// (alpha = 1), forward and backward, registered as the custom ops sparse_attn::entmax_forward / entmax_backward on
+// (rows, n) float32 scores; row r takes alpha[(r / alpha_repeat) % alpha.size(0)].
 //
 // The math is the reference's (functional/_threshold.py, functional/_entmax_autograd.py; SPEC.md): after shifting a
 // row so its maximum is 0 and scaling by (alpha - 1), p_i = (z_i - tau)_+^b with b = 1 / (alpha - 1), and tau in
@@ -43,11 +44,18 @@ constexpr int64_t kGrainEntries = 1 << 15;  // rows per thread chunk: at least t
 inline int64_t padded(int64_t k) { return (k + kLanes - 1) / kLanes * kLanes; }
 
 inline float hsum(const Vec& v) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m256 x = v;
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  return _mm_cvtss_f32(_mm_add_ss(sum, _mm_movehdup_ps(sum)));
+#else
   alignas(64) float lanes[kLanes];
   v.store(lanes);
   float total = 0.f;
   for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
   return total;
+#endif
 }
 
 inline float hmin(const Vec& v) {
@@ -170,8 +178,10 @@ int64_t gather_candidates(const float* x, int64_t n, float m, float scale, float
   return k;
 }
 
-// Keep the candidates above tau (tau only grows, so the others never return).
+// Keep the candidates above tau (tau only grows, so the others never return). Sets of at most two vectors are left
+// as they are: compacting them costs more than it saves.
 int64_t drop_below(Scratch& s, int64_t k, float tau) {
+  if (k <= 2 * kLanes) return k;
   int64_t kept = 0, j = 0;
 #if defined(CPU_CAPABILITY_AVX2)
   float* z = s.z.data();
@@ -222,6 +232,7 @@ float integer_root(Scratch& s, int64_t& k, int e, float tau) {
 // A lower bound of the threshold for exponent b, cheaply: with d = z - tau in [0, 1], d^e <= d^b for the integer
 // e = ceil(b), so the root for e lies at or below the root for b. Candidates below it leave.
 float threshold_lower_bound(Scratch& s, int64_t& k, float b) {
+  if (k <= 4 * kLanes) return -1.f;  // short rows: the passes it saves cost more than it does
   return integer_root(s, k, static_cast<int>(std::ceil(b)), -1.f);
 }
 
@@ -255,16 +266,18 @@ float solve_general(Scratch& s, int64_t& k, float b) {
 float solve_closed_form(Scratch& s, int64_t& k, float b) {
   const Vec zero(0.f);
   float tau = -1.f;
-  for (int step = 0; step < kMaxSteps; ++step) {  // every candidate is above tau here
-    Vec vz(0.f), vzz(0.f), vmin(INFINITY);
-    for (int64_t j = 0; j < k; j += kLanes) {
+  for (int step = 0; step < kMaxSteps; ++step) {
+    Vec vz(0.f), vzz(0.f), vmin(INFINITY), vcount(0.f);
+    const Vec vtau(tau);
+    for (int64_t j = 0; j < k; j += kLanes) {  // sums over the support at tau (short sets keep dropped entries)
       const Vec z = Vec::loadu(s.z.data() + j);
-      const Vec in = z > Vec(kPad);
+      const Vec in = z > vtau;
       vz += Vec::blendv(zero, z, in);
       vzz += Vec::blendv(zero, z * z, in);
       vmin = at::vec::minimum(vmin, Vec::blendv(Vec(INFINITY), z, in));
+      vcount += Vec::blendv(zero, Vec(1.f), in);
     }
-    const double cnt = static_cast<double>(k), sz = hsum(vz), szz = hsum(vzz), zmin = hmin(vmin);
+    const double cnt = hsum(vcount), sz = hsum(vz), szz = hsum(vzz), zmin = hmin(vmin);
     double exact;  // threshold if the candidates were exactly the support
     bool valid;
     if (b == 1.f) {
@@ -310,15 +323,17 @@ void softmax_row(const float* x, float* p, int64_t n, float m) {
   }
   total = hsum(vt);
   for (; i < n; ++i) total += (p[i] = std::exp(x[i] - m));
-  const float inv = 1.f / total;
-  for (int64_t j = 0; j < n; ++j) p[j] *= inv;
+  const Vec inv(1.f / total);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) (Vec::loadu(p + j) * inv).store(p + j);
+  for (; j < n; ++j) p[j] *= 1.f / total;
 }
 
 void forward_row(const float* x, float* p, int64_t n, float alpha, float masked_below, Scratch& s) {
-  std::fill(p, p + n, 0.f);
   const float m = row_max(x, n);
+  if (m > masked_below && alpha == 1.f) return softmax_row(x, p, n, m);
+  std::fill(p, p + n, 0.f);
   if (!(m > masked_below)) return;  // every key masked: zeros
-  if (alpha == 1.f) return softmax_row(x, p, n, m);
   const float b = 1.f / (alpha - 1.f);
   int64_t k = gather_candidates(x, n, m, alpha - 1.f, -1.f, s);
   float S;
@@ -368,14 +383,22 @@ void check_inputs(const at::Tensor& x, const at::Tensor& alpha, const char* what
   TORCH_CHECK(x.dim() == 2, what, ": expected (rows, n) scores, got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat, what, ": float32 only");
   TORCH_CHECK(x.device().is_cpu() && alpha.device().is_cpu(), what, ": CPU tensors only");
-  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) == x.size(0), what, ": alpha must be (rows,), got ", alpha.sizes());
+  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) >= 1, what, ": alpha must be one-dimensional, got ", alpha.sizes());
   TORCH_CHECK(x.size(1) < (int64_t(1) << 31), what, ": rows longer than 2^31 entries");
 }
 
 int64_t grain(int64_t n) { return std::max<int64_t>(1, kGrainEntries / std::max<int64_t>(n, 1)); }
 
-at::Tensor entmax_forward(const at::Tensor& scores, const at::Tensor& alpha, double masked_below) {
+// Row r takes alpha[(r / repeat) % A]: one alpha per row (repeat 1, A = rows), per head of (bsz, H, T) rows
+// (A = H, repeat = T), or one for all (A = 1).
+void check_alpha_layout(int64_t rows, const at::Tensor& alpha, int64_t repeat, const char* what) {
+  TORCH_CHECK(repeat >= 1 && (alpha.size(0) == 1 || rows % (alpha.size(0) * repeat) == 0), what,
+              ": ", rows, " rows do not split into alpha of ", alpha.size(0), " values repeated ", repeat, " times");
+}
+
+at::Tensor entmax_forward(const at::Tensor& scores, const at::Tensor& alpha, int64_t repeat, double masked_below) {
   check_inputs(scores, alpha, "sparse_attn::entmax_forward");
+  check_alpha_layout(scores.size(0), alpha, repeat, "sparse_attn::entmax_forward");
   const at::Tensor x = scores.contiguous(), a = alpha.contiguous();
   at::Tensor p = at::empty_like(x);
   const int64_t rows = x.size(0), n = x.size(1);
@@ -383,31 +406,34 @@ at::Tensor entmax_forward(const at::Tensor& scores, const at::Tensor& alpha, dou
   const float* ap = a.data_ptr<float>();
   float* pp = p.data_ptr<float>();
   const float below = static_cast<float>(masked_below);
+  const int64_t num_alpha = a.size(0);
+  for (int64_t i = 0; i < num_alpha; ++i) {
+    TORCH_CHECK(ap[i] >= 1.f && ap[i] <= 2.f, "sparse_attn::entmax_forward: alpha must lie in [1, 2], got ", ap[i]);
+  }
   at::parallel_for(0, rows, grain(n), [&](int64_t begin, int64_t end) {
     Scratch s(n);
-    for (int64_t r = begin; r < end; ++r) {
-      TORCH_CHECK(ap[r] >= 1.f && ap[r] <= 2.f, "sparse_attn::entmax_forward: alpha must lie in [1, 2], got ", ap[r]);
-      forward_row(xp + r * n, pp + r * n, n, ap[r], below, s);
-    }
+    for (int64_t r = begin; r < end; ++r) forward_row(xp + r * n, pp + r * n, n, ap[(r / repeat) % num_alpha], below, s);
   });
   return p;
 }
 
+// Returns dL/dscores and dL/dalpha per row (rows,): the caller sums the rows of each alpha.
 std::tuple<at::Tensor, at::Tensor> entmax_backward(const at::Tensor& grad, const at::Tensor& probs,
-                                                   const at::Tensor& alpha, bool alpha_grad) {
+                                                   const at::Tensor& alpha, int64_t repeat, bool alpha_grad) {
   check_inputs(probs, alpha, "sparse_attn::entmax_backward");
+  check_alpha_layout(probs.size(0), alpha, repeat, "sparse_attn::entmax_backward");
   TORCH_CHECK(grad.sizes() == probs.sizes() && grad.scalar_type() == at::kFloat,
               "sparse_attn::entmax_backward: grad must match the weights");
   const at::Tensor g = grad.contiguous(), p = probs.contiguous(), a = alpha.contiguous();
   at::Tensor gz = at::empty_like(p);
-  at::Tensor ga = at::zeros_like(a);
-  const int64_t rows = p.size(0), n = p.size(1);
+  const int64_t rows = p.size(0), n = p.size(1), num_alpha = a.size(0);
+  at::Tensor ga = at::zeros({rows}, a.options());
   const float *gp = g.data_ptr<float>(), *pp = p.data_ptr<float>(), *ap = a.data_ptr<float>();
   float *gzp = gz.data_ptr<float>(), *gap = ga.data_ptr<float>();
   at::parallel_for(0, rows, grain(n), [&](int64_t begin, int64_t end) {
     Scratch s(n);
     for (int64_t r = begin; r < end; ++r) {
-      gap[r] = backward_row(gp + r * n, pp + r * n, gzp + r * n, n, ap[r], alpha_grad, s);
+      gap[r] = backward_row(gp + r * n, pp + r * n, gzp + r * n, n, ap[(r / repeat) % num_alpha], alpha_grad, s);
     }
   });
   return {gz, ga};
@@ -416,8 +442,9 @@ std::tuple<at::Tensor, at::Tensor> entmax_backward(const at::Tensor& grad, const
 }  // namespace
 
 TORCH_LIBRARY(sparse_attn, m) {
-  m.def("entmax_forward(Tensor scores, Tensor alpha, float masked_below) -> Tensor");
-  m.def("entmax_backward(Tensor grad, Tensor probs, Tensor alpha, bool alpha_grad) -> (Tensor, Tensor)");
+  m.def("entmax_forward(Tensor scores, Tensor alpha, int alpha_repeat, float masked_below) -> Tensor");
+  m.def("entmax_backward(Tensor grad, Tensor probs, Tensor alpha, int alpha_repeat, bool alpha_grad) -> "
+        "(Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {

@@ -42,21 +42,25 @@ def _load() -> Optional[str]:
 
 def _register_fake_and_autograd() -> None:
     torch.library.register_fake(f"{OPS}::entmax_forward")(
-        lambda scores, alpha, masked_below: torch.empty_like(scores))
+        lambda scores, alpha, alpha_repeat, masked_below: torch.empty_like(scores))
     torch.library.register_fake(f"{OPS}::entmax_backward")(
-        lambda grad, probs, alpha, alpha_grad: (torch.empty_like(probs), torch.empty_like(alpha)))
+        lambda grad, probs, alpha, alpha_repeat, alpha_grad: (torch.empty_like(probs), probs.new_empty(probs.shape[0])))
     torch.library.register_autograd(f"{OPS}::entmax_forward", _backward, setup_context=_setup_context)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output, inputs[1])
+    ctx.alpha_repeat = inputs[2]
 
 
 def _backward(ctx, grad):
     probs, alpha = ctx.saved_tensors
     alpha_grad = ctx.needs_input_grad[1]
-    grad_scores, grad_alpha = torch.ops.sparse_attn.entmax_backward(grad.contiguous(), probs, alpha, alpha_grad)
-    return grad_scores, grad_alpha if alpha_grad else None, None
+    grad_scores, grad_rows = torch.ops.sparse_attn.entmax_backward(grad.contiguous(), probs, alpha, ctx.alpha_repeat,
+                                                                   alpha_grad)
+    if not alpha_grad:
+        return grad_scores, None, None, None
+    return grad_scores, grad_rows.view(-1, alpha.shape[0], ctx.alpha_repeat).sum((0, 2)), None, None
 
 
 LOAD_ERROR = _load()
@@ -77,13 +81,27 @@ def fused_entmax(scores: torch.Tensor, mask: Optional[torch.Tensor], alpha) -> t
     rows = x.reshape(-1, x.shape[-1])  # (rows, n)
     if isinstance(alpha, torch.Tensor):
         check_alpha_shape(alpha, scores)
-        alpha_rows = alpha.to(torch.float32).expand(x.shape[:-1] + (1,)).reshape(-1)  # (rows,)
+        alpha_values, repeat = _alpha_layout(alpha.to(torch.float32), x.shape[:-1])
     else:
         if not 1.0 <= float(alpha) <= 2.0:
             raise ValueError(f"alpha must lie in [1, 2], got alpha={alpha!r}")
-        alpha_rows = torch.full((rows.shape[0],), float(alpha))
-    probs = torch.ops.sparse_attn.entmax_forward(rows, alpha_rows, masked_score_threshold(scores.dtype))
+        alpha_values, repeat = torch.full((1,), float(alpha)), 1
+    probs = torch.ops.sparse_attn.entmax_forward(rows, alpha_values, repeat, masked_score_threshold(scores.dtype))
     return probs.view(x.shape).to(scores.dtype)
+
+
+def _alpha_layout(alpha: torch.Tensor, batch: torch.Size) -> tuple[torch.Tensor, int]:
+    """alpha broadcastable to ``batch + (1,)`` as the op takes it: values (A,) and a repeat count, row r taking
+    alpha[(r // repeat) % A]. Per-head alpha (H, 1, 1) over (bsz, H, T) rows is (H,) repeated T times, with no copy
+    per row; other layouts are expanded to one value per row."""
+    sizes = (1,) * (len(batch) + 1 - alpha.ndim) + tuple(alpha.shape)
+    varying = [i for i, size in enumerate(sizes[:-1]) if size > 1]
+    if not varying:
+        return alpha.reshape(1), 1
+    first, last = varying[0], varying[-1]
+    if all(sizes[i] == batch[i] for i in range(first, last + 1)):
+        return alpha.reshape(-1), max(1, torch.Size(batch[last + 1:]).numel())
+    return alpha.expand(batch + (1,)).reshape(-1), 1
 
 
 def _fused_normalize(normalizer: str, scores, mask, alpha):

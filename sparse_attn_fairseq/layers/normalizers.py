@@ -268,7 +268,15 @@ class EntmaxAlphaNormalizer(_Normalizer):
         return (1.0 + torch.sigmoid(logit)).clamp(*self.clamp)
 
     def kernel_alpha(self):
-        return self.alpha().view(self.num_heads, 1, 1)
+        if torch.is_grad_enabled() and self.a.requires_grad:
+            return self.alpha().view(self.num_heads, 1, 1)
+        # inference (decoding calls this per layer and step): recomputed only when `a` changed, compared by value
+        # (writes through .data, as fairseq's fp16 optimizer makes, do not bump a tensor's version)
+        cached_a = self.__dict__.get("_cached_a")
+        if cached_a is None or cached_a.dtype != self.a.dtype or not torch.equal(cached_a, self.a):
+            self.__dict__["_cached_a"] = self.a.detach().clone()
+            self.__dict__["_alpha_cache"] = self.alpha().detach().view(self.num_heads, 1, 1)
+        return self.__dict__["_alpha_cache"]
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, init={self.init!r}, clamp={self.clamp}, lr_scale={self.lr_scale}"

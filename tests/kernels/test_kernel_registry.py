@@ -67,12 +67,30 @@ def _op_inputs(alpha_grad):
 
 
 @pytest.mark.parametrize("alpha_grad", [False, True])
-def test_opcheck(alpha_grad):
+@pytest.mark.parametrize("layout", ["per_row", "per_head"])
+def test_opcheck(alpha_grad, layout):
     scores, alpha = _op_inputs(alpha_grad)
-    torch.library.opcheck(torch.ops.sparse_attn.entmax_forward.default, (scores, alpha, -5e7))
-    probs = torch.ops.sparse_attn.entmax_forward(scores.detach(), alpha.detach(), -5e7)
+    repeat = 1
+    if layout == "per_head":  # (bsz 2, heads 3, queries 4) rows, one alpha per head
+        scores = torch.randn(24, 9).requires_grad_()
+        alpha, repeat = torch.tensor([1.3, 1.5, 2.0]).requires_grad_(alpha_grad), 4
+    torch.library.opcheck(torch.ops.sparse_attn.entmax_forward.default, (scores, alpha, repeat, -5e7))
+    probs = torch.ops.sparse_attn.entmax_forward(scores.detach(), alpha.detach(), repeat, -5e7)
     torch.library.opcheck(torch.ops.sparse_attn.entmax_backward.default,
-                          (torch.randn_like(probs), probs, alpha.detach(), alpha_grad))
+                          (torch.randn_like(probs), probs, alpha.detach(), repeat, alpha_grad))
+
+
+def test_alpha_layouts_agree():
+    """Per-head alpha without a copy per row, one value per row, and a scalar give the same weights and gradients."""
+    scores = torch.randn(2, 3, 4, 9)
+    per_head = torch.tensor([1.3, 1.5, 1.9]).view(3, 1, 1).requires_grad_()
+    per_row = per_head.detach().expand(2, 3, 4, 1).clone().requires_grad_()
+    (fused_entmax(scores, None, per_head) * scores).sum().backward()
+    (fused_entmax(scores, None, per_row) * scores).sum().backward()
+    assert max_err(fused_entmax(scores, None, per_head), fused_entmax(scores, None, per_row)) == 0.0
+    assert max_err(per_head.grad.view(-1), per_row.grad.sum((0, 2, 3))) <= 1e-5
+    odd = torch.tensor([1.3, 1.7]).view(2, 1, 1, 1)  # per batch entry: a layout that is expanded per row
+    assert max_err(fused_entmax(scores, None, odd), fused_entmax(scores, None, odd.expand(2, 3, 4, 1))) == 0.0
 
 
 def test_compiles_without_graph_breaks():

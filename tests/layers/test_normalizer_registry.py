@@ -155,3 +155,14 @@ def test_a_new_normalizer_is_one_function_plus_one_record(tmp_path):
                             text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "registered, offered, built and run" in result.stdout
+
+
+def test_inference_alpha_cache_follows_every_change_of_the_parameter():
+    module = reg.build_normalizer("entmax_alpha", 2, init=1.3)
+    scores = torch.randn(1, 2, 3, 7)
+    with torch.no_grad():
+        before = module(scores)
+        module.a.data.add_(2.0)  # as fairseq's fp16 optimizer writes: no version bump
+        after = module(scores)
+        expected = entmax_alpha(scores, module.alpha().view(2, 1, 1))
+    assert max_err(after, expected) <= ATOL[torch.float32] and max_err(before, after) > 1e-3

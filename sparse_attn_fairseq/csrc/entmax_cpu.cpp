@@ -229,10 +229,13 @@ float integer_root(Scratch& s, int64_t& k, int e, float tau) {
   return tau;
 }
 
-// A lower bound of the threshold for exponent b, cheaply: with d = z - tau in [0, 1], d^e <= d^b for the integer
-// e = ceil(b), so the root for e lies at or below the root for b. Candidates below it leave.
+float solve_closed_form(Scratch& s, int64_t& k, float b);
+
+// A lower bound of the threshold for exponent b, cheaply: with d = z - tau in [0, 1], d^e <= d^b for e >= b, so the
+// root for e lies at or below the root for b. For b <= 2, e = 2 and the root has a closed form (no power at all);
+// above, e = ceil(b) and Newton uses products only. Candidates below the bound leave.
 float threshold_lower_bound(Scratch& s, int64_t& k, float b) {
-  if (k <= 4 * kLanes) return -1.f;  // short rows: the passes it saves cost more than it does
+  if (b <= 2.f) return solve_closed_form(s, k, 2.f);
   return integer_root(s, k, static_cast<int>(std::ceil(b)), -1.f);
 }
 

@@ -207,16 +207,30 @@ def _additive_mask(call: AttentionCall, rows: int, src_len: int, beam: int, dtyp
     normalizer), plus the finite part of a float attn_mask: (kv_bsz or 1, 1, rows, src_len) or None. No host sync."""
     bias = None
     if call.attn_mask is not None:
-        m = call.attn_mask
-        if m.dtype.is_floating_point:
-            bias = m.to(dtype).masked_fill(m <= masked_score_threshold(m.dtype), float("-inf"))
-        else:
-            bias = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(m.to(torch.bool), float("-inf"))
-        bias = bias.repeat(beam, 1) if beam > 1 else bias  # beams folded into the query rows
+        bias = _attn_mask_bias(call.attn_mask, dtype, beam)
     if call.key_padding_mask is not None:
         padding = torch.zeros(call.key_padding_mask.shape, dtype=dtype, device=call.k.device)
         padding = padding.masked_fill_(call.key_padding_mask.to(torch.bool), float("-inf"))[:, None, None, :]
         bias = padding if bias is None else bias + padding
+    return bias
+
+
+_BIAS_CACHE: dict = {}  # the last converted attn_mask: a decoder passes the same future mask to every layer
+
+
+def _attn_mask_bias(mask: Tensor, dtype, beam: int) -> Tensor:
+    """fairseq's (tgt_len, src_len) attn_mask as an additive bias, beams folded into the rows; cached by identity."""
+    key = (mask.data_ptr(), mask.shape, mask.stride(), mask.dtype, mask._version, mask.device, dtype, beam)
+    cached = _BIAS_CACHE.get("bias") if _BIAS_CACHE.get("key") == key else None
+    if cached is not None:
+        return cached
+    if mask.dtype.is_floating_point:
+        bias = mask.to(dtype).masked_fill(mask <= masked_score_threshold(mask.dtype), float("-inf"))
+    else:
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask.to(torch.bool),
+                                                                                     float("-inf"))
+    bias = bias.repeat(beam, 1) if beam > 1 else bias  # beams folded into the query rows
+    _BIAS_CACHE.update(key=key, bias=bias, mask=mask)  # holding the mask keeps its storage (and data_ptr) alive
     return bias
 
 

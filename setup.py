@@ -56,12 +56,19 @@ class BuildOptionalExtensions(BuildExtension):
     """torch's extension builder, except that a failed build warns and installs the package without the fused
     kernels (the reference kernels then run, and say so)."""
 
-    def build_extension(self, ext):
+    def run(self):
         try:
-            super().build_extension(ext)
+            super().run()
         except Exception as error:  # a missing or failing compiler must not fail the install
             print(f"sparse_attn_fairseq: WARNING: the fused CPU kernels were not built ({error}); the reference "
                   "kernels will be used", file=sys.stderr)
+
+    def get_outputs(self):
+        return [path for path in super().get_outputs() if Path(path).exists()]
+
+    def get_output_mapping(self):  # editable installs: {built file: file placed next to the sources}
+        mapping = super().get_output_mapping().items()
+        return {built: placed for built, placed in mapping if Path(built).exists() or Path(placed).exists()}
 
 
 setup(

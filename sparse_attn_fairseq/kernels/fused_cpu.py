@@ -66,7 +66,7 @@ def _backward(ctx, grad):
 LOAD_ERROR = _load()
 if LOAD_ERROR:
     warnings.warn(f"sparse_attn_fairseq: the fused CPU entmax kernel is unavailable: {LOAD_ERROR}. The reference "
-                  "kernel (plain PyTorch, 3-6x slower) is used instead.", RuntimeWarning, stacklevel=2)
+                  "kernel (plain PyTorch, 5-6x slower on CPU) is used instead.", RuntimeWarning, stacklevel=2)
 
 
 def fused_entmax(scores: torch.Tensor, mask: Optional[torch.Tensor], alpha) -> torch.Tensor:

@@ -27,9 +27,15 @@ print("registered", len(models.ARCHITECTURES), "from", user_dir)
 """
 
 
+def _env():
+    """cli_env without the checkout on PYTHONPATH: pip would take its in-tree egg-info for the installed package,
+    and imports would find the checkout instead of what was installed."""
+    return {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}
+
+
 def _run(*args, cwd=None):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
-                            env=cli_env(), timeout=1200)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=_env(),
+                            timeout=1200)
     assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -69,13 +75,15 @@ def test_fresh_venv_with_modern_pip(tmp_path):
     _check_user_dirs(python, f"{site}/sparse_attn_fairseq")
     _check_fused_kernel(python, f"{site}/sparse_attn_fairseq")
     # editable: the op is built next to the sources, and --user-dir of the checkout finds it
+    _run(python, "-m", "pip", "uninstall", "-y", "sparse_attn_fairseq")
+    assert not (Path(site) / "sparse_attn_fairseq").exists()  # the wheel's RECORD lists every file, the op too
     _run(python, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", REPO)
     _check_fused_kernel(python, str(REPO / "sparse_attn_fairseq"))
 
 
 _CHECK_FUSED = """
 import sys, warnings, torch
-warnings.simplefilter("error")  # the fallback warning would fail this
+warnings.filterwarnings("error", message=".*fused CPU entmax kernel is unavailable")  # the fallback would fail this
 import sparse_attn_fairseq, sparse_attn_fairseq._C as compiled
 from sparse_attn_fairseq.kernels import select_kernel
 assert compiled.__file__.startswith(sys.argv[1]), (compiled.__file__, sys.argv[1])
@@ -88,3 +96,23 @@ def _check_fused_kernel(python, package_dir):
     """The install built the compiled op where the installed package is, and the kernel registry picks it."""
     out = _run(python, "-c", _CHECK_FUSED, package_dir, cwd="/")
     assert "fused kernel from" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_failed_kernel_build_installs_without_it_and_says_so(tmp_path):
+    """No working C++ compiler: the wheel builds without the compiled op, and the build log says why."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a clean copy: no build/ or compiled op left by other builds
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.so", "__pycache__", "*.egg-info", "runs", "checkpoints", "work", "data"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", tmp_path / "wheels",
+         source], capture_output=True, text=True, env=cli_env({"CXX": "/bin/false", "CC": "/bin/false"}),
+        timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the fused CPU kernels were not built" in result.stdout + result.stderr
+    names = zipfile.ZipFile(next((tmp_path / "wheels").glob("*.whl"))).namelist()
+    assert "sparse_attn_fairseq/kernels/fused_cpu.py" in names
+    assert not [name for name in names if "/_C." in name]

@@ -70,3 +70,10 @@ def test_gradients_reach_every_alpha_and_training_keeps_alpha_in_clamp_range():
 
 def test_stock_transformer_class_is_parent():
     assert issubclass(type(build("transformer_entmax")[0]), TransformerModel)
+
+
+def test_no_attention_stats_attaches_no_observer_and_the_kernel_flag_reaches_every_normalizer():
+    model, _ = build("transformer_entmax", "--no-attention-stats", "--attention-kernel", "reference")
+    attentions = [m for m in model.modules() if isinstance(m, SparseMultiheadAttention)]
+    assert attentions and all(not a.observers for a in attentions)
+    assert all(a.normalizer.kernel == "reference" for a in attentions)

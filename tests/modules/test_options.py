@@ -89,3 +89,11 @@ def test_alpha_too_close_to_one_is_refused_with_the_reason(flags, accepted):
     else:
         with pytest.raises(AttentionOptionsError, match="not solved to float32 accuracy"):
             read_attention_options(Namespace(**flags))
+
+
+def test_attention_kernel_and_statistics_flags():
+    assert read_attention_options(Namespace(attention_kernel="reference")).spec("decoder").kernel == "reference"
+    assert read_attention_options(Namespace()).stats and not read_attention_options(
+        Namespace(no_attention_stats=True)).stats
+    with pytest.raises(AttentionOptionsError, match="--attention-kernel='fast': choose one of auto, fused_cpu"):
+        read_attention_options(Namespace(attention_kernel="fast"))

@@ -7,8 +7,9 @@
 // [-1, 0) solves sum_i p_i = 1. What changes is where it runs: one pass per row instead of a dozen tensor ops.
 //   * Candidates: only entries with z_i > -1 can be in the support (tau >= -1); they are gathered once, and after
 //     every Newton step the ones at or below the new tau (which only grows) are dropped.
-//   * General b: Newton on G(tau) = ||(z - tau)_+||_b - 1 from tau = -1 (monotone, never overshoots) until
-//     |sum p - 1| <= 2e-6, the reference's tolerance.
+//   * General b: Newton on G(tau) = ||(z - tau)_+||_b - 1 from a lower bound of tau (the 1.5-entmax threshold for
+//     b <= 2, the integer exponent ceil(b) above; monotone, never overshoots) until |sum p - 1| <= 2e-6, the
+//     reference's tolerance.
 //   * b = 1 (sparsemax) and b = 2 (1.5-entmax): the threshold of a candidate support has a closed form; it is
 //     exact once it lies below the support's smallest entry, otherwise a Newton step shrinks the support.
 //   * Backward: u = p^(2 - alpha) on the support, g_bar = sum(u g) / sum(u), dL/dz = u (g - g_bar), and per row

@@ -1,8 +1,8 @@
 """The fused CPU kernel of the entmax family (csrc/entmax_cpu.cpp): sparsemax, 1.5-entmax, fixed and learned alpha.
 
-The C++ file defines the custom ops ``sparse_attn::entmax_forward(scores, alpha, masked_below)`` and
-``sparse_attn::entmax_backward(grad, probs, alpha, alpha_grad)`` on (rows, n) float32 tensors with one alpha per
-row. This module adds what torch.library needs for the ops to behave like built-in ones: fake (meta)
+The C++ file defines the custom ops ``sparse_attn::entmax_forward(scores, alpha, alpha_repeat, masked_below)`` and
+``sparse_attn::entmax_backward(grad, probs, alpha, alpha_repeat, alpha_grad)`` on (rows, n) float32 tensors; row r
+takes ``alpha[(r // alpha_repeat) % len(alpha)]`` (per-head alpha without a copy per row). This module adds what torch.library needs for the ops to behave like built-in ones: fake (meta)
 implementations, so they trace under torch.compile, and the autograd formula, so gradients reach the scores and
 alpha. It is built by the package's install (``make setup``, ``pip install --no-build-isolation [-e] .``); when the
 compiled module is absent or cannot load, one warning says so and the reference kernel computes everything.

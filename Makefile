@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels-built
-KERNEL_SOURCES := $(wildcard sparse_attn_fairseq/csrc/*.cpp)
+KERNEL_SOURCES := $(wildcard sparse_attn_fairseq/csrc/*.cpp sparse_attn_fairseq/csrc/*.h)
 
 .PHONY: setup demo test test-fast bench clean
 

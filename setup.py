@@ -9,7 +9,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 START_UP_HOOK = "sparse_attn_fairseq_compat.pth"
-FUSED_OP_SOURCES = ["sparse_attn_fairseq/csrc/entmax_cpu.cpp"]
+FUSED_OP_SOURCES = [f"sparse_attn_fairseq/csrc/entmax_{part}.cpp" for part in ("ops", "rows", "lanes")]
+FUSED_OP_HEADERS = ["sparse_attn_fairseq/csrc/entmax_common.h"]
 # x86-64: ATen's AVX2 vector types (and the Sleef functions libtorch exports); the loader checks the CPU first.
 AVX2_FLAGS = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
@@ -48,7 +49,7 @@ def fused_op_extensions():
               "(install torch first, then this package with --no-build-isolation)", file=sys.stderr)
         return []
     flags = ["-O3", "-fopenmp"] + (AVX2_FLAGS if platform.machine() in ("x86_64", "AMD64") else [])
-    return [CppExtension("sparse_attn_fairseq._C", FUSED_OP_SOURCES, extra_compile_args=flags,
+    return [CppExtension("sparse_attn_fairseq._C", FUSED_OP_SOURCES, depends=FUSED_OP_HEADERS, extra_compile_args=flags,
                          extra_link_args=["-fopenmp"])]
 
 

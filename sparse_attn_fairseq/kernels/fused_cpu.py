@@ -1,15 +1,16 @@
-"""The fused CPU kernel of the entmax family (csrc/entmax_cpu.cpp): sparsemax, 1.5-entmax, fixed and learned alpha.
+"""The fused CPU kernel of the entmax family (csrc/): sparsemax, 1.5-entmax, fixed and learned alpha.
 
-The C++ file defines the custom ops ``sparse_attn::entmax_forward(scores, alpha, alpha_repeat, masked_below)`` and
-``sparse_attn::entmax_backward(grad, probs, alpha, alpha_repeat, alpha_grad)`` on (rows, n) float32 tensors; row r
-takes ``alpha[(r // alpha_repeat) % len(alpha)]`` (per-head alpha without a copy per row). This module adds what torch.library needs for the ops to behave like built-in ones: fake (meta)
-implementations, so they trace under torch.compile, and the autograd formula, so gradients reach the scores and
-alpha. It is built by the package's install (``make setup``, ``pip install --no-build-isolation [-e] .``); when the
-compiled module is absent or cannot load, one warning says so and the reference kernel computes everything.
+The C++ files define the custom ops ``sparse_attn::entmax_forward(scores, alpha, mask, masked_below)`` and
+``sparse_attn::entmax_backward(grad, probs, alpha, alpha_grad)`` on float32 scores (..., n), alpha broadcastable to
+one value per row and an optional bool mask broadcastable to the scores, with their autograd formula (in C++). This
+module adds the fake (meta) implementations, so they trace under torch.compile. The ops are built by the package's
+install (``make setup``, ``pip install --no-build-isolation [-e] .``); when the compiled module is absent or cannot
+load, one warning says so and the reference kernel computes everything.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import platform
 import warnings
@@ -18,7 +19,7 @@ from typing import Optional
 import torch
 
 from sparse_attn_fairseq.functional.entmax import check_alpha_shape
-from sparse_attn_fairseq.functional.masking import check_mask, fill_masked, masked_score_threshold
+from sparse_attn_fairseq.functional.masking import check_mask, masked_score_threshold
 from sparse_attn_fairseq.kernels.registry import ALPHA_GRAD, Kernel, register_kernel
 
 NAME = "fused_cpu"
@@ -36,31 +37,15 @@ def _load() -> Optional[str]:
     except (ImportError, OSError) as error:
         return (f"the compiled op is not built or does not load ({error}); build it with `make setup` or "
                 "`pip install --no-build-isolation -e .`")
-    _register_fake_and_autograd()
+    _register_fakes()
     return None
 
 
-def _register_fake_and_autograd() -> None:
+def _register_fakes() -> None:
     torch.library.register_fake(f"{OPS}::entmax_forward")(
-        lambda scores, alpha, alpha_repeat, masked_below: torch.empty_like(scores))
+        lambda scores, alpha, mask, masked_below: torch.empty_like(scores))
     torch.library.register_fake(f"{OPS}::entmax_backward")(
-        lambda grad, probs, alpha, alpha_repeat, alpha_grad: (torch.empty_like(probs), probs.new_empty(probs.shape[0])))
-    torch.library.register_autograd(f"{OPS}::entmax_forward", _backward, setup_context=_setup_context)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(output, inputs[1])
-    ctx.alpha_repeat = inputs[2]
-
-
-def _backward(ctx, grad):
-    probs, alpha = ctx.saved_tensors
-    alpha_grad = ctx.needs_input_grad[1]
-    grad_scores, grad_rows = torch.ops.sparse_attn.entmax_backward(grad.contiguous(), probs, alpha, ctx.alpha_repeat,
-                                                                   alpha_grad)
-    if not alpha_grad:
-        return grad_scores, None, None, None
-    return grad_scores, grad_rows.view(-1, alpha.shape[0], ctx.alpha_repeat).sum((0, 2)), None, None
+        lambda grad, probs, alpha, alpha_grad: (torch.empty_like(probs), probs.new_empty(probs.shape[:-1] + (1,))))
 
 
 LOAD_ERROR = _load()
@@ -75,33 +60,23 @@ def fused_entmax(scores: torch.Tensor, mask: Optional[torch.Tensor], alpha) -> t
     check_mask(scores, mask)
     if scores.ndim == 0:
         raise ValueError("scores must have at least one dimension")
-    if scores.numel() == 0:
-        return scores * 0.0
-    x = fill_masked(scores.to(torch.float32), mask)  # (..., n); fp16/bf16 are computed in float32
-    rows = x.reshape(-1, x.shape[-1])  # (rows, n)
     if isinstance(alpha, torch.Tensor):
         check_alpha_shape(alpha, scores)
-        alpha_values, repeat = _alpha_layout(alpha.to(torch.float32), x.shape[:-1])
+        alpha = alpha.to(torch.float32)
     else:
         if not 1.0 <= float(alpha) <= 2.0:
             raise ValueError(f"alpha must lie in [1, 2], got alpha={alpha!r}")
-        alpha_values, repeat = torch.full((1,), float(alpha)), 1
-    probs = torch.ops.sparse_attn.entmax_forward(rows, alpha_values, repeat, masked_score_threshold(scores.dtype))
-    return probs.view(x.shape).to(scores.dtype)
+        alpha = _scalar_alpha(float(alpha))
+    if scores.numel() == 0:
+        return scores * 0.0
+    x = scores if scores.dtype == torch.float32 else scores.to(torch.float32)  # fp16/bf16: computed in float32
+    probs = torch.ops.sparse_attn.entmax_forward(x, alpha, mask, masked_score_threshold(scores.dtype))
+    return probs if scores.dtype == torch.float32 else probs.to(scores.dtype)
 
 
-def _alpha_layout(alpha: torch.Tensor, batch: torch.Size) -> tuple[torch.Tensor, int]:
-    """alpha broadcastable to ``batch + (1,)`` as the op takes it: values (A,) and a repeat count, row r taking
-    alpha[(r // repeat) % A]. Per-head alpha (H, 1, 1) over (bsz, H, T) rows is (H,) repeated T times, with no copy
-    per row; other layouts are expanded to one value per row."""
-    sizes = (1,) * (len(batch) + 1 - alpha.ndim) + tuple(alpha.shape)
-    varying = [i for i, size in enumerate(sizes[:-1]) if size > 1]
-    if not varying:
-        return alpha.reshape(1), 1
-    first, last = varying[0], varying[-1]
-    if all(sizes[i] == batch[i] for i in range(first, last + 1)):
-        return alpha.reshape(-1), max(1, torch.Size(batch[last + 1:]).numel())
-    return alpha.expand(batch + (1,)).reshape(-1), 1
+@functools.lru_cache(maxsize=64)
+def _scalar_alpha(alpha: float) -> torch.Tensor:
+    return torch.full((1,), alpha)  # never written to: shared by every call with this alpha
 
 
 def _fused_normalize(normalizer: str, scores, mask, alpha):

@@ -10,6 +10,7 @@ import torch
 from sparse_attn_fairseq.kernels import (
     FORCE_ENV, Kernel, NoKernelError, get_kernel, kernel_names, register_kernel, select_kernel,
 )
+from sparse_attn_fairseq.functional.reference import entmax_bisect_reference
 from sparse_attn_fairseq.kernels.fused_cpu import fused_entmax
 from sparse_attn_fairseq.layers.normalizers import build_normalizer
 from tests.conftest import REPO, cli_env
@@ -62,35 +63,66 @@ def test_normalizer_module_honours_its_kernel(monkeypatch):
 def _op_inputs(alpha_grad):
     gen = torch.Generator().manual_seed(0)
     scores = torch.randn(6, 13, generator=gen).requires_grad_()
-    alpha = torch.tensor([1.0, 1.2, 1.5, 1.7, 2.0, 1.01]).requires_grad_(alpha_grad)
+    alpha = torch.tensor([1.0, 1.2, 1.5, 1.7, 2.0, 1.01]).view(6, 1).requires_grad_(alpha_grad)
     return scores, alpha
 
 
 @pytest.mark.parametrize("alpha_grad", [False, True])
-@pytest.mark.parametrize("layout", ["per_row", "per_head"])
+@pytest.mark.parametrize("layout", ["per_row", "per_head_with_mask"])
 def test_opcheck(alpha_grad, layout):
     scores, alpha = _op_inputs(alpha_grad)
-    repeat = 1
-    if layout == "per_head":  # (bsz 2, heads 3, queries 4) rows, one alpha per head
-        scores = torch.randn(24, 9).requires_grad_()
-        alpha, repeat = torch.tensor([1.3, 1.5, 2.0]).requires_grad_(alpha_grad), 4
-    torch.library.opcheck(torch.ops.sparse_attn.entmax_forward.default, (scores, alpha, repeat, -5e7))
-    probs = torch.ops.sparse_attn.entmax_forward(scores.detach(), alpha.detach(), repeat, -5e7)
+    mask = None
+    if layout == "per_head_with_mask":  # (bsz 2, heads 3, queries 4) rows, one alpha per head, key padding
+        scores = torch.randn(2, 3, 4, 9).requires_grad_()
+        alpha = torch.tensor([1.3, 1.5, 2.0]).view(3, 1, 1).requires_grad_(alpha_grad)
+        mask = torch.zeros(2, 1, 1, 9, dtype=torch.bool)
+        mask[1, ..., 6:] = True
+    torch.library.opcheck(torch.ops.sparse_attn.entmax_forward.default, (scores, alpha, mask, -5e7))
+    probs = torch.ops.sparse_attn.entmax_forward(scores.detach(), alpha.detach(), mask, -5e7)
     torch.library.opcheck(torch.ops.sparse_attn.entmax_backward.default,
-                          (torch.randn_like(probs), probs, alpha.detach(), repeat, alpha_grad))
+                          (torch.randn_like(probs), probs, alpha.detach(), alpha_grad))
 
 
-def test_alpha_layouts_agree():
-    """Per-head alpha without a copy per row, one value per row, and a scalar give the same weights and gradients."""
+def test_broadcast_alpha_and_mask_agree_with_expanded_ones():
+    """Per-head alpha and a key-padding mask broadcast by the op give the weights and gradients of expanded ones."""
     scores = torch.randn(2, 3, 4, 9)
     per_head = torch.tensor([1.3, 1.5, 1.9]).view(3, 1, 1).requires_grad_()
     per_row = per_head.detach().expand(2, 3, 4, 1).clone().requires_grad_()
-    (fused_entmax(scores, None, per_head) * scores).sum().backward()
-    (fused_entmax(scores, None, per_row) * scores).sum().backward()
-    assert max_err(fused_entmax(scores, None, per_head), fused_entmax(scores, None, per_row)) == 0.0
+    padding = torch.zeros(2, 1, 1, 9, dtype=torch.bool)
+    padding[0, ..., 5:] = True
+    full_mask = padding.expand(2, 3, 4, 9).clone()
+    (fused_entmax(scores, padding, per_head) * scores).sum().backward()
+    (fused_entmax(scores, full_mask, per_row) * scores).sum().backward()
+    assert max_err(fused_entmax(scores, padding, per_head), fused_entmax(scores, full_mask, per_row)) == 0.0
     assert max_err(per_head.grad.view(-1), per_row.grad.sum((0, 2, 3))) <= 1e-5
-    odd = torch.tensor([1.3, 1.7]).view(2, 1, 1, 1)  # per batch entry: a layout that is expanded per row
+    odd = torch.tensor([1.3, 1.7]).view(2, 1, 1, 1)  # per batch entry
     assert max_err(fused_entmax(scores, None, odd), fused_entmax(scores, None, odd.expand(2, 3, 4, 1))) == 0.0
+
+
+@pytest.mark.parametrize("keys", [1, 5, 20, 64, 65, 130])
+@pytest.mark.parametrize("head_alphas", [(1.3, 1.7, 1.01, 1.99), (1.5, 2.0, 1.5, 2.0), (1.0, 1.3, 1.5, 2.0)])
+def test_decoding_shaped_calls(keys, head_alphas):
+    """A beam-search step's call: (bsz * beam, heads, 1, keys) with per-head alphas and key padding. Short rows of
+    general alphas go to the lane solver (8 rows at a time, mixed alphas, 9 rows left over), the others to the row
+    solver; a fully padded row and a row whose only key survives are in the lanes' groups."""
+    gen = torch.Generator().manual_seed(keys)
+    scores = torch.randn(41, 4, 1, keys, generator=gen) * 3
+    alpha = torch.tensor(head_alphas).view(4, 1, 1)
+    padding = torch.rand(41, 1, 1, keys, generator=gen) < 0.3
+    padding[3] = True
+    padding[5, ..., 0], padding[5, ..., 1:] = False, True
+    got = fused_entmax(scores, padding, alpha)
+    expected = entmax_bisect_reference(scores.double(), alpha.double(), padding)
+    assert max_err(got, expected) <= ATOL[torch.float32]
+    assert torch.equal(got[3], torch.zeros_like(got[3])) and torch.all(got[5, ..., 0] == 1.0)
+
+
+def test_the_op_names_bad_shapes():
+    with pytest.raises(RuntimeError, match="alpha of shape \\[2\\] must broadcast to \\[3, 1\\]"):
+        torch.ops.sparse_attn.entmax_forward(torch.randn(3, 5), torch.tensor([1.5, 1.5]), None, -5e7)
+    with pytest.raises(RuntimeError, match="mask of shape \\[4\\] does not broadcast"):
+        torch.ops.sparse_attn.entmax_forward(torch.randn(3, 5), torch.tensor([1.5]), torch.zeros(4, dtype=torch.bool),
+                                             -5e7)
 
 
 def test_compiles_without_graph_breaks():

@@ -1,6 +1,6 @@
-// Fused CPU kernels for the entmax family: alpha-entmax with one alpha per row, 1.5-entmax, sparsemax and softmax
-// (alpha = 1), forward and backward, registered as the custom ops sparse_attn::entmax_forward / entmax_backward on
-// (rows, n) float32 scores; row r takes alpha[(r / alpha_repeat) % alpha.size(0)].
+// The row solver of the fused entmax kernels: alpha-entmax with one alpha per row, 1.5-entmax, sparsemax and softmax
+// (alpha = 1), forward and backward, one row at a time (entmax_ops.cpp defines the ops and chooses between this and
+// the lane solver of entmax_lanes.cpp).
 //
 // The math is the reference's (functional/_threshold.py, functional/_entmax_autograd.py; SPEC.md): after shifting a
 // row so its maximum is 0 and scaling by (alpha - 1), p_i = (z_i - tau)_+^b with b = 1 / (alpha - 1), and tau in
@@ -14,13 +14,8 @@
 //     exact once it lies below the support's smallest entry, otherwise a Newton step shrinks the support.
 //   * Backward: u = p^(2 - alpha) on the support, g_bar = sum(u g) / sum(u), dL/dz = u (g - g_bar), and per row
 //     dL/dalpha = (sum g p - g_bar) / (alpha - 1)^2 + (g_bar sum p log p - sum g p log p) / (alpha - 1).
-// Rows are independent: at::parallel_for splits them over threads (a single decoding step stays on one thread).
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
-#include <Python.h>
-#include <torch/library.h>
+#include "entmax_common.h"
 
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -29,35 +24,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 #include <vector>
 
 namespace sparse_attn {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kLanes = Vec::size();
-constexpr float kTol = 2e-6f;        // |sum p - 1| at which general-alpha Newton stops (the reference's float32 value)
-constexpr int kMaxSteps = 60;        // never reached in practice: Newton from the left converges in 3-8 steps
-constexpr float kPad = -4.0f;        // candidate-buffer padding: below any tau (tau >= -1), so never in the support
-constexpr int64_t kGrainEntries = 1 << 15;  // rows per thread chunk: at least this many entries
-
 inline int64_t padded(int64_t k) { return (k + kLanes - 1) / kLanes * kLanes; }
-
-inline float hsum(const Vec& v) {
-#if defined(CPU_CAPABILITY_AVX2)
-  const __m256 x = v;
-  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-  return _mm_cvtss_f32(_mm_add_ss(sum, _mm_movehdup_ps(sum)));
-#else
-  alignas(64) float lanes[kLanes];
-  v.store(lanes);
-  float total = 0.f;
-  for (int64_t i = 0; i < kLanes; ++i) total += lanes[i];
-  return total;
-#endif
-}
 
 inline float hmin(const Vec& v) {
   alignas(64) float lanes[kLanes];
@@ -102,48 +74,6 @@ inline int64_t append_above(__m256 z, __m256i index, float above, float* out, in
 }
 #endif
 
-#if defined(CPU_CAPABILITY_AVX2)
-// Natural log and exp for x > 0 (Cephes' single-precision polynomials, ~1 ulp on the ranges used here); inlined,
-// they cost about half of a call into Sleef's, and the solver spends most of its time in them.
-inline Vec fast_log(const Vec& v) {
-  const __m256 one = _mm256_set1_ps(1.f);
-  __m256 x = _mm256_max_ps(v, _mm256_set1_ps(1.17549435e-38f));  // smallest normal: no denormals, no log(0)
-  __m256i bits = _mm256_castps_si256(x);
-  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
-  x = _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x807fffff))), _mm256_set1_ps(0.5f));
-  const __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);  // mantissa in [.5, 1)
-  e = _mm256_sub_ps(e, _mm256_and_ps(one, small));
-  x = _mm256_add_ps(_mm256_sub_ps(x, one), _mm256_and_ps(x, small));  // x - 1 in [sqrt(.5) - 1, sqrt(2) - 1)
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
-  for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
-                  2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f}) {
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
-  }
-  y = _mm256_mul_ps(_mm256_mul_ps(y, x), z);
-  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
-  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(x, y));
-}
-
-inline Vec fast_exp(const Vec& v) {  // exp(v) for v <= 0; below -87 it is flushed to 0
-  const __m256 x0 = _mm256_max_ps(v, _mm256_set1_ps(-87.f));
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x0, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(.5f)));
-  __m256 x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x0);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) {
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
-  }
-  y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.f));
-  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(y, _mm256_castsi256_ps(scale));
-  return _mm256_and_ps(result, _mm256_cmp_ps(v, _mm256_set1_ps(-87.f), _CMP_GE_OQ));
-}
-#else
-inline Vec fast_log(const Vec& v) { return at::vec::maximum(v, Vec(1.17549435e-38f)).log(); }
-inline Vec fast_exp(const Vec& v) { return v.exp(); }
-#endif
 
 // Per-thread buffers: candidate values z, their column indices, and one work buffer (all padded to the lanes).
 struct Scratch {
@@ -383,83 +313,28 @@ float backward_row(const float* g, const float* p, float* gz, int64_t n, float a
   return (hsum(sgp) - g_bar) / (am1 * am1) + (g_bar * hsum(spl) - hsum(sgpl)) / am1;
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& alpha, const char* what) {
-  TORCH_CHECK(x.dim() == 2, what, ": expected (rows, n) scores, got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat && alpha.scalar_type() == at::kFloat, what, ": float32 only");
-  TORCH_CHECK(x.device().is_cpu() && alpha.device().is_cpu(), what, ": CPU tensors only");
-  TORCH_CHECK(alpha.dim() == 1 && alpha.size(0) >= 1, what, ": alpha must be one-dimensional, got ", alpha.sizes());
-  TORCH_CHECK(x.size(1) < (int64_t(1) << 31), what, ": rows longer than 2^31 entries");
-}
-
-int64_t grain(int64_t n) { return std::max<int64_t>(1, kGrainEntries / std::max<int64_t>(n, 1)); }
-
-// Row r takes alpha[(r / repeat) % A]: one alpha per row (repeat 1, A = rows), per head of (bsz, H, T) rows
-// (A = H, repeat = T), or one for all (A = 1).
-void check_alpha_layout(int64_t rows, const at::Tensor& alpha, int64_t repeat, const char* what) {
-  TORCH_CHECK(repeat >= 1 && (alpha.size(0) == 1 || rows % (alpha.size(0) * repeat) == 0), what,
-              ": ", rows, " rows do not split into alpha of ", alpha.size(0), " values repeated ", repeat, " times");
-}
-
-at::Tensor entmax_forward(const at::Tensor& scores, const at::Tensor& alpha, int64_t repeat, double masked_below) {
-  check_inputs(scores, alpha, "sparse_attn::entmax_forward");
-  check_alpha_layout(scores.size(0), alpha, repeat, "sparse_attn::entmax_forward");
-  const at::Tensor x = scores.contiguous(), a = alpha.contiguous();
-  at::Tensor p = at::empty_like(x);
-  const int64_t rows = x.size(0), n = x.size(1);
-  const float* xp = x.data_ptr<float>();
-  const float* ap = a.data_ptr<float>();
-  float* pp = p.data_ptr<float>();
-  const float below = static_cast<float>(masked_below);
-  const int64_t num_alpha = a.size(0);
-  for (int64_t i = 0; i < num_alpha; ++i) {
-    TORCH_CHECK(ap[i] >= 1.f && ap[i] <= 2.f, "sparse_attn::entmax_forward: alpha must lie in [1, 2], got ", ap[i]);
-  }
-  at::parallel_for(0, rows, grain(n), [&](int64_t begin, int64_t end) {
-    Scratch s(n);
-    for (int64_t r = begin; r < end; ++r) forward_row(xp + r * n, pp + r * n, n, ap[(r / repeat) % num_alpha], below, s);
-  });
-  return p;
-}
-
-// Returns dL/dscores and dL/dalpha per row (rows,): the caller sums the rows of each alpha.
-std::tuple<at::Tensor, at::Tensor> entmax_backward(const at::Tensor& grad, const at::Tensor& probs,
-                                                   const at::Tensor& alpha, int64_t repeat, bool alpha_grad) {
-  check_inputs(probs, alpha, "sparse_attn::entmax_backward");
-  check_alpha_layout(probs.size(0), alpha, repeat, "sparse_attn::entmax_backward");
-  TORCH_CHECK(grad.sizes() == probs.sizes() && grad.scalar_type() == at::kFloat,
-              "sparse_attn::entmax_backward: grad must match the weights");
-  const at::Tensor g = grad.contiguous(), p = probs.contiguous(), a = alpha.contiguous();
-  at::Tensor gz = at::empty_like(p);
-  const int64_t rows = p.size(0), n = p.size(1), num_alpha = a.size(0);
-  at::Tensor ga = at::zeros({rows}, a.options());
-  const float *gp = g.data_ptr<float>(), *pp = p.data_ptr<float>(), *ap = a.data_ptr<float>();
-  float *gzp = gz.data_ptr<float>(), *gap = ga.data_ptr<float>();
-  at::parallel_for(0, rows, grain(n), [&](int64_t begin, int64_t end) {
-    Scratch s(n);
-    for (int64_t r = begin; r < end; ++r) {
-      gap[r] = backward_row(gp + r * n, pp + r * n, gzp + r * n, n, ap[(r / repeat) % num_alpha], alpha_grad, s);
-    }
-  });
-  return {gz, ga};
-}
-
 }  // namespace
 
-TORCH_LIBRARY(sparse_attn, m) {
-  m.def("entmax_forward(Tensor scores, Tensor alpha, int alpha_repeat, float masked_below) -> Tensor");
-  m.def("entmax_backward(Tensor grad, Tensor probs, Tensor alpha, int alpha_repeat, bool alpha_grad) -> "
-        "(Tensor, Tensor)");
+void entmax_forward_rows(const float* x, const bool* mask, float* p, int64_t rows, int64_t n, const float* alpha,
+                         float masked_below) {
+  Scratch s(n);
+  std::vector<float> masked(mask ? n : 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * n;
+    if (mask) {  // masked keys become -inf in a copy of the row
+      for (int64_t j = 0; j < n; ++j) masked[j] = mask[r * n + j] ? -INFINITY : row[j];
+      row = masked.data();
+    }
+    forward_row(row, p + r * n, n, alpha[r], masked_below, s);
+  }
 }
 
-TORCH_LIBRARY_IMPL(sparse_attn, CPU, m) {
-  m.impl("entmax_forward", &entmax_forward);
-  m.impl("entmax_backward", &entmax_backward);
+void entmax_backward_rows(const float* g, const float* p, float* gz, float* galpha, int64_t rows, int64_t n,
+                          const float* alpha, bool with_alpha) {
+  Scratch s(n);
+  for (int64_t r = 0; r < rows; ++r) {
+    galpha[r] = backward_row(g + r * n, p + r * n, gz + r * n, n, alpha[r], with_alpha, s);
+  }
 }
 
 }  // namespace sparse_attn
-
-// Importing the module (sparse_attn_fairseq._C) registers the ops above; it defines no Python functions.
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sparse_attn::entmax_* custom ops", -1, nullptr};
-  return PyModule_Create(&module);
-}

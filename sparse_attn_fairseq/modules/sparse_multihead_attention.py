@@ -216,7 +216,7 @@ class SparseMultiheadAttention(nn.Module):
     ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """Project and split heads: q (bsz, H, tgt_len, head_dim); k, v (kv_bsz, H, src_len, head_dim) or None."""
         tgt_len, bsz, _ = query.shape
-        q = self._split_heads(self.q_proj(query) * self.scaling)  # (bsz, H, tgt_len, head_dim)
+        q = self._split_heads(self.q_proj(query).mul_(self.scaling))  # (bsz, H, tgt_len, head_dim); a fresh tensor
         if self.self_attention:
             key = value = query
         elif self.encoder_decoder_attention and key is not None:

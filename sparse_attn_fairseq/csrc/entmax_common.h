@@ -1,4 +1,4 @@
-// Vector math shared by the fused entmax kernels (entmax_cpu.cpp, entmax_lanes.cpp): ATen's float vector type,
+// Vector math shared by the fused entmax kernels (entmax_rows.cpp, entmax_lanes.cpp): ATen's float vector type,
 // a horizontal sum, inlined log/exp; and the solvers' entry points (entmax_ops.cpp calls them).
 #pragma once
 

@@ -352,9 +352,31 @@ class DenseCore(AttentionCore):
         return "an adaptive span needs a span core" if call.spans is not None else None
 
     def run(self, module, call):
+        if _beams_stay_folded(module, call):
+            return _run_folded(module, call)
         scores = _with_key_positions(module, call.q, attention_scores(call.q, call.k))
         scores, mask = mask_scores(scores, call.key_padding_mask, call.attn_mask, call.k.size(0))
         return _finish(module, call, module.normalizer(scores, mask), mask)
+
+
+def _beams_stay_folded(module, call: AttentionCall) -> bool:
+    """Beams share their sentence's keys (cross-attention in beam search) and nothing needs per-beam masks: scores,
+    weights and values can stay in the folded layout (kv_bsz, H, beam * tgt_len, .) from the scores to the mix."""
+    return (call.q.size(0) != call.k.size(0) and call.attn_mask is None and module.key_positions is None
+            and not call.observe_weights)
+
+
+def _run_folded(module, call: AttentionCall) -> CoreResult:
+    """The dense core with the beams folded into the query rows throughout: rows are normalised independently and
+    alpha is per head, so the weights are those of the unfolded layout, without unfolding the scores, repeating the
+    padding mask per beam and folding the weights back for the values."""
+    bsz, tgt_len, kv_bsz = call.q.size(0), call.q.size(2), call.k.size(0)
+    scores = torch.matmul(_fold_beams(call.q, kv_bsz), call.k.transpose(-1, -2))  # (kv_bsz, H, beam * tgt_len, S)
+    mask = None if call.key_padding_mask is None else call.key_padding_mask.to(torch.bool)[:, None, None, :]
+    weights = module.normalizer(scores, mask)
+    attn = _unfold_beams(torch.matmul(module.dropout_module(weights), call.v), bsz, tgt_len)
+    return CoreResult(attn.permute(2, 0, 1, 3).flatten(2),
+                      _unfold_beams(weights, bsz, tgt_len) if call.need_weights else None)
 
 
 for _core in (FusedSoftmaxCore(), BandedSpanCore(), DenseSpanCore(), DenseCore()):

@@ -269,8 +269,13 @@ class SparseMultiheadAttention(nn.Module):
         )  # (kv_bsz, src_len) or None
         keep = k.size(2) if self.span is None or static_kv else self.span.cache_keys(k.size(2))
         # only the last ``keep`` keys can have a nonzero span mask for the coming queries: the cache stays bounded
-        saved_state["prev_key"], saved_state["prev_value"] = k[:, :, -keep:], v[:, :, -keep:]
-        saved_state["prev_key_padding_mask"] = None if key_padding_mask is None else key_padding_mask[:, -keep:]
+        if keep < k.size(2):
+            k_kept, v_kept = k[:, :, -keep:], v[:, :, -keep:]
+            mask_kept = None if key_padding_mask is None else key_padding_mask[:, -keep:]
+        else:
+            k_kept, v_kept, mask_kept = k, v, key_padding_mask
+        saved_state["prev_key"], saved_state["prev_value"], saved_state["prev_key_padding_mask"] = \
+            k_kept, v_kept, mask_kept
         self._set_input_buffer(incremental_state, saved_state)
         return k, v, key_padding_mask
 

@@ -76,7 +76,10 @@ def fused_entmax(scores: torch.Tensor, mask: Optional[torch.Tensor], alpha) -> t
 
 @functools.lru_cache(maxsize=64)
 def _scalar_alpha(alpha: float) -> torch.Tensor:
-    return torch.full((1,), alpha)  # never written to: shared by every call with this alpha
+    """One shared, never written tensor per fixed alpha; made outside inference mode even when first asked for inside
+    it, since autograd cannot save an inference tensor for a later training step's backward."""
+    with torch.inference_mode(False):
+        return torch.full((1,), alpha)
 
 
 def _fused_normalize(normalizer: str, scores, mask, alpha):

@@ -117,6 +117,16 @@ def test_decoding_shaped_calls(keys, head_alphas):
     assert torch.equal(got[3], torch.zeros_like(got[3])) and torch.all(got[5, ..., 0] == 1.0)
 
 
+def test_fixed_alpha_trains_after_decoding_in_inference_mode():
+    """The op's shared tensor for a fixed alpha, first made inside torch.inference_mode, must not break a later
+    backward (autograd cannot save inference tensors)."""
+    with torch.inference_mode():
+        fused_entmax(torch.randn(3, 5), None, 1.4)
+    scores = torch.randn(3, 5, requires_grad=True)
+    fused_entmax(scores, None, 1.4).pow(2).sum().backward()
+    assert scores.grad is not None and torch.isfinite(scores.grad).all()
+
+
 def test_the_op_names_bad_shapes():
     with pytest.raises(RuntimeError, match="alpha of shape \\[2\\] must broadcast to \\[3, 1\\]"):
         torch.ops.sparse_attn.entmax_forward(torch.randn(3, 5), torch.tensor([1.5, 1.5]), None, -5e7)

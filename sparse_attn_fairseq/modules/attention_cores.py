@@ -226,9 +226,12 @@ _BIAS_CACHE: dict = {}  # the last converted attn_mask: a decoder passes the sam
 
 
 def _attn_mask_bias(mask: Tensor, dtype, beam: int) -> Tensor:
-    """fairseq's (tgt_len, src_len) attn_mask as an additive bias, beams folded into the rows; cached by identity."""
-    key = (mask.data_ptr(), mask.shape, mask.stride(), mask.dtype, mask._version, mask.device, dtype, beam)
-    cached = _BIAS_CACHE.get("bias") if _BIAS_CACHE.get("key") == key else None
+    """fairseq's (tgt_len, src_len) attn_mask as an additive bias, beams folded into the rows; cached by identity
+    (not for tensors made in inference mode: they have no version counter, so a change in place would go unseen)."""
+    cacheable = not mask.is_inference()
+    key = (mask.data_ptr(), mask.shape, mask.stride(), mask.dtype, mask._version, mask.device, dtype, beam) \
+        if cacheable else None
+    cached = _BIAS_CACHE.get("bias") if cacheable and _BIAS_CACHE.get("key") == key else None
     if cached is not None:
         return cached
     if mask.dtype.is_floating_point:
@@ -237,7 +240,8 @@ def _attn_mask_bias(mask: Tensor, dtype, beam: int) -> Tensor:
         bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask.to(torch.bool),
                                                                                      float("-inf"))
     bias = bias.repeat(beam, 1) if beam > 1 else bias  # beams folded into the query rows
-    _BIAS_CACHE.update(key=key, bias=bias, mask=mask)  # holding the mask keeps its storage (and data_ptr) alive
+    if cacheable:
+        _BIAS_CACHE.update(key=key, bias=bias, mask=mask)  # holding the mask keeps its storage (and data_ptr) alive
     return bias
 
 

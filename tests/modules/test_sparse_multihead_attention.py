@@ -180,3 +180,15 @@ def test_an_all_padding_batch_gives_zeros_not_nan(name):
     out, weights = attention(x, x, x, key_padding_mask=torch.ones(3, 5, dtype=torch.bool))
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all() and (weights == 0).all()
+
+
+@pytest.mark.parametrize("name", ["softmax", "entmax_alpha"])
+def test_inference_mode_with_a_causal_mask_matches_no_grad(name):
+    """torch.inference_mode (its tensors have no version counter) gives the outputs of no_grad, future mask included."""
+    attention = _attention(name, self_attention=True, causal=True)
+    x = torch.randn(5, 2, EMBED)
+    with torch.no_grad():
+        expected = attention(x, x, x, attn_mask=_causal_mask(5), need_weights=False)[0]
+    with torch.inference_mode():  # the mask made inside it is an inference tensor, as fairseq's would be
+        got = attention(x, x, x, attn_mask=_causal_mask(5), need_weights=False)[0]
+    torch.testing.assert_close(got, expected, atol=INCREMENTAL, rtol=0)

@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TRITON ?= triton==3.7.1
 BIN := $(VENV)/bin
 WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed
@@ -19,7 +20,7 @@ $(STAMP): setup.py tools/build_wheelhouse.py
 	$(BIN)/python -m pip install -q "setuptools>=70" wheel numpy cython
 	$(BIN)/python tools/build_wheelhouse.py $(WHEELHOUSE)
 	$(BIN)/python -m pip install -q --no-deps $(WHEELHOUSE)/*.whl
-	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(TORCH) $(TRITON)
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test,plot]"
 	touch $@ $(KERNELS)
 

@@ -93,7 +93,8 @@ setup(
         "sentencepiece",
     ],
     extras_require={
-        "test": ["pytest>=7", "entmax==1.3", "tensorboardX", "sacremoses"],
+        # triton: the CUDA kernels' tests run them under its interpreter and compile them ahead of time (no GPU)
+        "test": ["pytest>=7", "entmax==1.3", "tensorboardX", "sacremoses", "triton>=3.6"],
         "recipes": ["sacremoses"],  # tokenised BLEU (Moses tokeniser), as the entmax paper reports
         "plot": ["matplotlib"],
         "plots": ["matplotlib"],

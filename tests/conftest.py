@@ -7,6 +7,12 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import pytest
+import torch
+
+# Without a GPU, the Triton kernels run under triton's interpreter on CPU tensors, so the kernel suites test them
+# too (kernels/triton_entmax.py: it must be set before the package is imported, and it is never chosen by itself).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "sparse_attn_fairseq"

@@ -95,4 +95,5 @@ FUSED_CPU_KERNEL = register_kernel(Kernel(
     fn=_fused_normalize,
     priority=10,
     unavailable=lambda: LOAD_ERROR,
+    warns_when_unavailable=False,  # warned at import
 ))

@@ -15,6 +15,7 @@ error. When no kernel accepts an input, :class:`NoKernelError` lists why each on
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -50,19 +51,29 @@ class Kernel:
     fn: Callable
     priority: int = 0
     unavailable: Callable[[], Optional[str]] = field(default=lambda: None)
+    # warn (once) when the kernel would take an input but cannot run here, so a slower kernel computes it; off for a
+    # kernel that says so itself (fused_cpu warns at import)
+    warns_when_unavailable: bool = True
+    # devices it runs on only when forced, never by choice (the Triton kernels on CPU under triton's interpreter)
+    forced_devices: frozenset[str] = frozenset()
 
     def implements(self, normalizer: str) -> bool:
         return normalizer in (_REFERENCES if self.normalizers is None else self.normalizers)
 
-    def refusal(self, normalizer: str, device: str, dtype: torch.dtype, needs: frozenset[str]) -> Optional[str]:
-        """Why this kernel cannot compute ``normalizer`` for such inputs, or None if it can."""
-        reason = self.unavailable()
-        if reason:
-            return reason
+    def refusal(self, normalizer: str, device: str, dtype: torch.dtype, needs: frozenset[str],
+                forced: bool = False) -> Optional[str]:
+        """Why this kernel cannot compute ``normalizer`` for such inputs, or None if it can (``forced``: the kernel
+        was asked for by name)."""
+        return self.unavailable() or self.input_refusal(normalizer, device, dtype, needs, forced)
+
+    def input_refusal(self, normalizer: str, device: str, dtype: torch.dtype, needs: frozenset[str],
+                      forced: bool = False) -> Optional[str]:
+        """Why this kernel does not take such inputs (whether or not it is available here), or None."""
         if not self.implements(normalizer):
             return f"does not implement {normalizer}"
-        if device not in self.devices:
-            return f"runs on {'/'.join(sorted(self.devices))}, not {device}"
+        if device not in self.devices and not (forced and device in self.forced_devices):
+            return f"runs on {'/'.join(sorted(self.devices))}, not {device}" + (
+                f" (on {'/'.join(sorted(self.forced_devices))} only when forced)" if self.forced_devices else "")
         if dtype not in self.dtypes:
             return f"takes {', '.join(sorted(str(d).replace('torch.', '') for d in self.dtypes))}, not " + \
                 str(dtype).replace("torch.", "")
@@ -73,6 +84,7 @@ class Kernel:
 _KERNELS: dict[str, Kernel] = {}
 _REFERENCES: dict[str, Callable] = {}  # normalizer -> its plain PyTorch function (scores, mask, alpha) -> weights
 _CHOICES: dict[tuple, Kernel] = {}  # (normalizer, device, dtype, needs, forced) -> kernel
+_WARNED: set[str] = set()  # kernels whose unavailability was reported
 
 
 def register_kernel(kernel: Kernel) -> Kernel:
@@ -99,6 +111,19 @@ def register_reference(normalizer: str, fn: Callable) -> None:
 
 def reference_function(normalizer: str) -> Callable:
     return _REFERENCES[normalizer]
+
+
+def warn_unavailable(name: str, reason: str, what: str) -> None:
+    """Warn, once per kernel and process, that kernel ``name`` cannot run here and a slower one computes ``what``."""
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"sparse_attn_fairseq: the {name} kernel cannot run here: {reason}. A slower kernel computes "
+                      f"{what} instead.", RuntimeWarning, stacklevel=4)
+
+
+def forget_choices() -> None:
+    """Drop the cached choices (a kernel's availability changed)."""
+    _CHOICES.clear()
 
 
 def kernel_names() -> tuple[str, ...]:
@@ -144,9 +169,12 @@ def _choose(normalizer: str, device: str, dtype: torch.dtype, needs: frozenset[s
     candidates = (get_kernel(forced),) if forced != AUTO else tuple(_KERNELS[n] for n in kernel_names())
     reasons = []
     for kernel in candidates:
-        reason = kernel.refusal(normalizer, device, dtype, needs)
+        reason = kernel.refusal(normalizer, device, dtype, needs, forced != AUTO)
         if reason is None:
             return kernel
+        if kernel.input_refusal(normalizer, device, dtype, needs) is None and kernel.warns_when_unavailable \
+                and forced == AUTO:
+            warn_unavailable(kernel.name, reason, f"{normalizer} on {device}")
         reasons.append(f"{kernel.name}: {reason}")
     source = f" (forced by {FORCE_ENV})" if os.environ.get(FORCE_ENV) else " (forced)" if forced != AUTO else ""
     raise NoKernelError(f"no kernel computes {normalizer} for {device} {str(dtype).replace('torch.', '')} inputs"

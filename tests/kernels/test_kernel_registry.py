@@ -41,7 +41,7 @@ def test_refusals_are_listed_per_kernel(monkeypatch):
                                             r".*fused_cpu: takes bfloat16, float16, float32, not float64"):
         select_kernel("entmax_alpha", torch.zeros(2, 3, dtype=torch.float64))
     assert select_kernel("rela", torch.zeros(2, 3)).name == "reference"  # forced only where it implements
-    with pytest.raises(ValueError, match="unknown kernel 'fast'; choose auto or one of: fused_cpu, reference"):
+    with pytest.raises(ValueError, match="unknown kernel 'fast'; choose auto or one of: triton, fused_cpu, reference"):
         build_normalizer("softmax", 2, kernel="fast")
 
 

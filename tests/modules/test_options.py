@@ -95,5 +95,5 @@ def test_attention_kernel_and_statistics_flags():
     assert read_attention_options(Namespace(attention_kernel="reference")).spec("decoder").kernel == "reference"
     assert read_attention_options(Namespace()).stats and not read_attention_options(
         Namespace(no_attention_stats=True)).stats
-    with pytest.raises(AttentionOptionsError, match="--attention-kernel='fast': choose one of auto, fused_cpu"):
+    with pytest.raises(AttentionOptionsError, match="--attention-kernel='fast': choose one of auto, triton, fused_cpu, reference"):
         read_attention_options(Namespace(attention_kernel="fast"))

@@ -17,6 +17,7 @@ from sparse_attn_fairseq.functional._entmax_autograd import (
     EntmaxAlphaFunction,
     SparsemaxFunction,
 )
+from sparse_attn_fairseq.functional.host import reads_are_free
 from sparse_attn_fairseq.functional.masking import check_mask, dead_rows, fill_masked
 
 AlphaLike = float | torch.Tensor
@@ -36,11 +37,13 @@ def softmax_masked(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: 
     check_mask(scores, mask)
     x = fill_masked(scores, mask)
     dead = dead_rows(x.amax(dim=dim, keepdim=True), scores.dtype) if x.numel() else None
-    if dead is not None and bool(dead.any()):
+    # on the CPU the two fills are skipped when no row is dead; elsewhere asking would synchronise
+    fill = dead is not None and (not reads_are_free(dead) or bool(dead.any()))
+    if fill:
         x = x.masked_fill(dead, 0.0)  # avoid NaN in forward and backward, zeroed below
     half = scores.dtype in (torch.float16, torch.bfloat16)
     p = torch.softmax(x, dim=dim, dtype=torch.float32 if half else None).to(scores.dtype)
-    return p.masked_fill(dead, 0.0) if dead is not None and bool(dead.any()) else p
+    return p.masked_fill(dead, 0.0) if fill else p
 
 
 def sparsemax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
@@ -83,7 +86,9 @@ def entmax_alpha(
         Tensor like ``scores``.
 
     Raises:
-        ValueError: alpha outside [1, 2] (the message names the value) or of a shape that is not one per row.
+        ValueError: alpha outside [1, 2] (the message names the value) or of a shape that is not one per row. An
+            alpha tensor off the CPU is checked on the device instead (reading it would synchronise): rows of an
+            invalid alpha come out NaN.
     """
     check_mask(scores, mask)
     if isinstance(alpha, torch.Tensor):
@@ -104,18 +109,24 @@ def entmax_alpha(
 def _entmax_alpha_tensor(scores: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor) -> torch.Tensor:
     """Last-dim alpha-entmax with a per-row alpha tensor; rows with alpha exactly 1 take softmax."""
     alpha_c = alpha.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
-    if float(alpha_c.detach().min()) > 1.0:  # the common case: no softmax rows
-        return EntmaxAlphaFunction.apply(scores, alpha_c, mask)[0]
+    if reads_are_free(alpha_c):
+        if float(alpha_c.detach().min()) > 1.0:  # the common case: no softmax rows
+            return EntmaxAlphaFunction.apply(scores, alpha_c, mask)[0]
+        invalid = None  # checked on the host (_check_alpha_tensor)
+    else:  # no host read: an alpha outside [1, 2] gives NaN rows, as the Triton kernel does
+        invalid = (alpha_c < 1.0) | (alpha_c > 2.0) | alpha_c.isnan()
     is_one = alpha_c == 1.0
-    safe_alpha = alpha_c.masked_fill(is_one, 2.0)  # any valid value; those rows are replaced by softmax
+    # any valid value where alpha is 1 (softmax rows, replaced below) or invalid (NaN below)
+    safe_alpha = alpha_c.masked_fill(is_one if invalid is None else is_one | invalid, 2.0)
     p = EntmaxAlphaFunction.apply(scores, safe_alpha, mask)[0]
-    return torch.where(is_one, softmax_masked(scores, mask).to(p.dtype), p)
+    p = torch.where(is_one, softmax_masked(scores, mask).to(p.dtype), p)
+    return p if invalid is None else p.masked_fill(invalid, float("nan"))
 
 
 def _check_alpha_tensor(alpha: torch.Tensor, scores: torch.Tensor, dim: int) -> None:
     """Raise ValueError unless alpha is one value per row in [1, 2]."""
     check_alpha_shape(alpha, scores, dim)
-    if alpha.numel() == 0:
+    if alpha.numel() == 0 or not reads_are_free(alpha):  # off the CPU: checked on the device (NaN rows)
         return
     low, high = torch.aminmax(alpha.detach())  # one pass; NaN propagates into both
     if not (1.0 <= float(low) and float(high) <= 2.0):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from sparse_attn_fairseq.functional.host import reads_are_free
+
 # Finite additive masks in the wild: -1e9, -1e8, torch.finfo(dtype).min; -5e7 still catches -1e8 after bf16 rounding
 # (-99876864). Real logits stay far above this.
 _FINITE_MASK_VALUE = -5e7
@@ -69,9 +71,11 @@ def fill_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x + torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(mask, float("-inf"))
     return x.masked_fill(mask, float("-inf"))
 def split_attn_mask(attn_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """fairseq's attn_mask (bool, or float with -inf / large negative entries) -> (bool mask, additive part or None)."""
+    """fairseq's attn_mask (bool, or float with -inf / large negative entries) -> (bool mask, additive part or None).
+
+    The additive part is None when it is zero everywhere, which is only checked where reading is free (the CPU)."""
     if not attn_mask.dtype.is_floating_point:
         return attn_mask.to(torch.bool), None
     mask = attn_mask <= masked_score_threshold(attn_mask.dtype)  # -inf included
     additive = attn_mask.masked_fill(mask, 0.0)
-    return mask, (additive if bool(additive.any()) else None)
+    return mask, (additive if not reads_are_free(additive) or bool(additive.any()) else None)

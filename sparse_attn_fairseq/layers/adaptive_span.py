@@ -11,6 +11,13 @@ the penalty's gradient, coefficient * W * d mean(z) / dz with W the loss's weigh
 spans during backward. The trainer later divides every gradient by the batch's total sample size (tokens), leaving
 exactly coefficient * d mean(z) / dz per layer, whatever the batch size, the number of workers, the gradient
 accumulation or the fp16 loss scale.
+
+Keys a span reaches (``keys_needed``: the band of a full pass, the incremental cache, a streaming memory) depend on
+the learned spans, but reading them on a GPU would synchronise every forward. There the largest span comes from a
+bound kept on the host: measured after each optimizer update (``refresh_bounds``, called with the clamp) and when
+weights are loaded, and valid while ``span_frac`` is unchanged since (its version counter says so; any in-place
+change, an update or a copy, retires it). Without a valid bound, the largest possible span (S) is used: the same
+numbers, at the cost of cropping less.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from sparse_attn_fairseq.functional.host import reads_are_free
 from sparse_attn_fairseq.functional.span import (
     keys_needed, log_soft_mask, renormalize, span_mask_at, span_soft_mask,
 )
@@ -47,7 +55,8 @@ class AdaptiveSpan(nn.Module):
         _raise_problems(_span_problems(num_heads, max_span, ramp, init_span, dynamic, embed_dim, loss_coefficient))
         self.num_heads, self.max_span, self.ramp, self.dynamic = num_heads, max_span, ramp, dynamic
         self.init_span, self.loss_coefficient = float(init_span), float(loss_coefficient)
-        self.sample_size = 0.0  # this batch's criterion normaliser, set by the model (see attach_penalty)
+        self.sample_size = 0.0  # this batch's criterion normaliser (a float or a tensor), set by the model
+        self._host_bound: tuple[int, float] | None = None  # (span_frac's version, its largest span in tokens)
         self.loss_weight: LossWeight | None = None  # this forward's token weight in the loss, measured in backward
         if dynamic:
             self.span_proj = nn.Linear(embed_dim, num_heads)  # v and b of z_t = S sigmoid(v . x_t + b), per head
@@ -139,7 +148,7 @@ class AdaptiveSpan(nn.Module):
                 per_entry = self.loss_coefficient * real / (real.sum() * spans.shape[1]).clamp_min(1.0)
             measured = self.loss_weight  # this forward's record; read when the hook runs
             spans.register_hook(lambda grad: grad + per_entry * (
-                measured.value if measured is not None and measured.value is not None else float(sample_size)))
+                measured.value if measured is not None and measured.value is not None else sample_size))
 
     def span_loss(self, spans: torch.Tensor | None = None) -> torch.Tensor:
         """S * mean(z') (static), or the mean dynamic span in tokens (pass the spans used in the forward)."""
@@ -165,14 +174,48 @@ class AdaptiveSpan(nn.Module):
         return keys_needed(self.max_span, self.ramp, length) if self.dynamic else self.keys_needed(length)
 
     def keys_needed(self, length: int, spans: torch.Tensor | None = None) -> int:
-        """Most recent keys (per side) with a nonzero mask: ceil(largest span + ramp), capped at ``length``."""
+        """Most recent keys (per side) with a nonzero mask: ceil(largest span + ramp), capped at ``length``.
+
+        The largest span is read from ``spans`` (default: the current ones) on the CPU; elsewhere it is
+        :meth:`host_bound` (no synchronisation)."""
+        probe = self.span_proj.weight if self.dynamic else self.span_frac
+        if not reads_are_free(probe if spans is None else spans):
+            return keys_needed(self.host_bound(), self.ramp, length)
         spans = self.current_spans() if spans is None else spans.detach()
         largest = float(spans.max()) if spans.numel() else 0.0
         return keys_needed(min(largest, self.max_span), self.ramp, length)
 
+    def host_bound(self) -> float:
+        """A bound of the largest span in tokens known on the host: the one measured by :func:`refresh_bounds` or at
+        load while ``span_frac`` has not changed since, else S (and always S for a dynamic span)."""
+        bound = self._host_bound
+        if self.dynamic or bound is None or bound[0] != self.span_frac._version:
+            return float(self.max_span)
+        return bound[1]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        saved = state_dict.get(prefix + "span_frac")
+        if not self.dynamic and saved is not None and saved.shape == self.span_frac.shape:
+            # checkpoints load on the CPU: reading them is free
+            largest = self.max_span * float(saved.detach().clamp(0.0, 1.0).max()) if saved.numel() else 0.0
+            self._host_bound = (self.span_frac._version, largest)
+
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, max_span={self.max_span}, ramp={self.ramp}, dynamic={self.dynamic}, "
                 f"loss_coefficient={self.loss_coefficient}")
+
+
+@torch.no_grad()
+def refresh_bounds(spans) -> None:
+    """Measure the largest span of every static :class:`AdaptiveSpan` in ``spans`` with one read from the device
+    (after an optimizer update and its clamp, outside any forward): their :meth:`AdaptiveSpan.host_bound`."""
+    static = [span for span in spans if not span.dynamic and span.span_frac.numel()]
+    if not static:
+        return
+    largest = torch.stack([span.span_frac.detach().max().clamp(0.0, 1.0) * span.max_span for span in static])
+    for span, value in zip(static, largest.tolist()):
+        span._host_bound = (span.span_frac._version, float(value))
 
 
 class LossWeight:
@@ -181,6 +224,7 @@ class LossWeight:
 
     def __init__(self):
         self.value: torch.Tensor | None = None
+        self.unchecked: list[torch.Tensor] = []  # token-weight extremes still to check (span_training.py)
 
     def add(self, weight: torch.Tensor) -> None:
         self.value = weight if self.value is None else self.value + weight

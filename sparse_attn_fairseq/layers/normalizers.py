@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sparse_attn_fairseq.functional.entmax import entmax15, entmax_alpha, softmax_masked, sparsemax
+from sparse_attn_fairseq.functional.host import reads_are_free
 from sparse_attn_fairseq.functional.rela import rela_weights
 from sparse_attn_fairseq.kernels import AUTO, get_kernel, normalize, register_reference
 
@@ -268,9 +269,9 @@ class EntmaxAlphaNormalizer(_Normalizer):
         return (1.0 + torch.sigmoid(logit)).clamp(*self.clamp)
 
     def kernel_alpha(self):
-        if torch.is_grad_enabled() and self.a.requires_grad:
-            return self.alpha().view(self.num_heads, 1, 1)
-        # inference (decoding calls this per layer and step): recomputed only when `a` changed, compared by value
+        if torch.is_grad_enabled() and self.a.requires_grad or not reads_are_free(self.a):
+            return self.alpha().view(self.num_heads, 1, 1)  # (on a GPU, comparing `a` below would synchronise)
+        # CPU inference (decoding calls this per layer and step): recomputed only when `a` changed, compared by value
         # (writes through .data, as fairseq's fp16 optimizer makes, do not bump a tensor's version)
         cached_a = self.__dict__.get("_cached_a")
         if cached_a is None or cached_a.dtype != self.a.dtype or not torch.equal(cached_a, self.a):

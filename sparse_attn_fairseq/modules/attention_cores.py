@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sparse_attn_fairseq.functional.banded import (
     Band, band_gather_keys, band_gather_rows, band_mix, band_queries, band_scores, make_band, unband,
 )
+from sparse_attn_fairseq.functional.host import reads_are_free
 from sparse_attn_fairseq.functional.masking import fill_masked, masked_score_threshold, split_attn_mask
 from sparse_attn_fairseq.functional.span import keep_spans_in_graph, span_distances
 
@@ -290,8 +291,9 @@ class BandedSpanCore(AttentionCore):
 
 
 def _covering(call: AttentionCall) -> bool:
-    """Every span reaches every key (z >= src_len - 1): the span mask is 1 wherever a key may be seen."""
-    return float(call.spans.detach().min()) >= call.k.size(2) - 1
+    """Every span reaches every key (z >= src_len - 1): the span mask is 1 wherever a key may be seen. Checked
+    where reading the spans is free (the CPU); elsewhere the mask is applied (the same numbers, no sync)."""
+    return reads_are_free(call.spans) and float(call.spans.detach().min()) >= call.k.size(2) - 1
 
 
 def _band_key_bias(band: Band, key_padding_mask: Optional[Tensor], attn_mask: Optional[Tensor], dtype, device

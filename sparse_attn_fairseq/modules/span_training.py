@@ -32,7 +32,8 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan, LossWeight
+from sparse_attn_fairseq.functional.host import reads_are_free
+from sparse_attn_fairseq.layers.adaptive_span import AdaptiveSpan, LossWeight, refresh_bounds
 
 
 def span_modules(model: nn.Module) -> List[AdaptiveSpan]:
@@ -46,13 +47,25 @@ class SpanPenaltyError(RuntimeError):
     """The loss does not weigh every target token equally, so the span penalty's weight cannot be measured."""
 
 
+def token_weight_range(rows: Tensor) -> Tensor:
+    """(lowest, highest) of the nonzero entries of ``rows`` as one tensor, (inf, -inf) if none: no host read."""
+    real = rows != 0
+    low = torch.where(real, rows, torch.full_like(rows, float("inf"))).min()
+    high = torch.where(real, rows, torch.full_like(rows, float("-inf"))).max()
+    return torch.stack([low, high])
+
+
 def check_token_weights(rows: Tensor) -> None:
     """``rows``: the summed log-probability gradient of each target position. NLL-type losses give every real
     token the same negative sum (minus the loss scale) and padding 0; raise SpanPenaltyError otherwise."""
-    real = rows[rows != 0]
-    if not real.numel():
+    check_token_weight_range(token_weight_range(rows))
+
+
+def check_token_weight_range(extremes: Tensor) -> None:
+    """Raise SpanPenaltyError unless the (lowest, highest) per-token sums of :func:`token_weight_range` agree."""
+    low, high = extremes.tolist()
+    if low == float("inf"):  # no real token
         return
-    low, high = float(real.min()), float(real.max())
     if high >= 0 or (high - low) > 1e-3 * abs(low):
         raise SpanPenaltyError(
             "the adaptive span penalty needs a loss that weighs every target token equally (cross_entropy, "
@@ -63,8 +76,10 @@ def check_token_weights(rows: Tensor) -> None:
 
 
 class _LossWeightProbe(torch.autograd.Function):
-    """Identity on log-probabilities (bsz, tgt_len, vocab); backward adds -sum(grad) to a LossWeight (no host sync
-    once the first PROBE_CHECKS steps have checked the per-token sums)."""
+    """Identity on log-probabilities (bsz, tgt_len, vocab); backward adds -sum(grad) to a LossWeight. In the first
+    PROBE_CHECKS steps it also checks the per-token sums: at once on the CPU; on a GPU the extremes wait on the
+    device in the record, and the model checks them after the update (``set_num_updates``), with no sync in
+    backward."""
 
     @staticmethod
     def forward(ctx, lprobs: Tensor, record: LossWeight, check: bool) -> Tensor:
@@ -75,7 +90,10 @@ class _LossWeightProbe(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         rows = grad.sum(-1, dtype=torch.float32)  # one sum per target position
         if ctx.check:
-            check_token_weights(rows)
+            if reads_are_free(rows):
+                check_token_weights(rows)
+            else:
+                ctx.record.unchecked.append(token_weight_range(rows))
         ctx.record.add(-rows.sum())
         return grad, None, None
 
@@ -89,10 +107,13 @@ class AdaptiveSpanTraining:
         loss-weight record."""
         if not self.training:
             return
-        sample_size = int(tokens.ne(pad).sum())
+        sample_size = tokens.ne(pad).sum().to(torch.float32)  # a tensor: no host read
+        previous = getattr(self, "span_loss_weight", None)
         self.span_loss_weight = LossWeight()
+        if previous is not None:  # checks still waiting (gradient accumulation: several forwards per update)
+            self.span_loss_weight.unchecked = previous.unchecked
         for span in span_modules(self):
-            span.sample_size, span.loss_weight = float(sample_size), self.span_loss_weight
+            span.sample_size, span.loss_weight = sample_size, self.span_loss_weight
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
         """fairseq's, with the loss-weight probe on training log-probabilities when a span penalty is active."""
@@ -110,9 +131,15 @@ class AdaptiveSpanTraining:
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.clamp_spans_()
+        record = getattr(self, "span_loss_weight", None)
+        while record is not None and record.unchecked:
+            check_token_weight_range(record.unchecked.pop(0))
 
     @torch.no_grad()
     def clamp_spans_(self) -> None:
-        """z' to [0, 1] in every layer (after each update; never inside a forward)."""
-        for span in span_modules(self):
+        """z' to [0, 1] in every layer, and their largest spans measured for the host (after each update; never
+        inside a forward)."""
+        spans = span_modules(self)
+        for span in spans:
             span.clamp_()
+        refresh_bounds(spans)

@@ -60,6 +60,9 @@ class HostSyncRecorder(TorchDispatchMode):
     ours: List[HostRead] = field(default_factory=list)
     theirs: List[HostRead] = field(default_factory=list)
 
+    # higher-order operators (flex_attention) pass through and run whole: what they do inside is torch's
+    supports_higher_order_operators = True
+
     def __post_init__(self):
         super().__init__()
 

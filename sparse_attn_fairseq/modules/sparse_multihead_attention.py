@@ -9,8 +9,9 @@ That contract is all it keeps:
 
 "Compute the weights and mix the values" is delegated to an attention core (modules/attention_cores.py), the first
 in registry order that accepts the call: torch's fused scaled_dot_product_attention when the normalizer is softmax,
-there is no span and nobody needs the weights; a banded or a dense adaptive-span core; or the dense core with the
-registered normalizer, whose kernel the kernel registry chooses (kernels/).
+there is no span and nobody needs the weights; on CUDA, flex_attention for ReLA and for softmax with a span
+(modules/flex_cores.py); a banded or a dense adaptive-span core; or the dense core with the registered normalizer,
+whose kernel the kernel registry chooses (kernels/).
 
 With an adaptive span (Sukhbaatar et al., ACL 2019) the incremental cache keeps only the keys the span reaches, so
 generation memory grows with the span, not the length. Streaming language models add a memory
@@ -34,6 +35,7 @@ from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 from sparse_attn_fairseq.functional.span import keys_needed
+from sparse_attn_fairseq.modules import flex_cores  # noqa: F401  (registers the flex core, CUDA)
 from sparse_attn_fairseq.modules.attention_cores import AttentionCall, attention_scores, choose_core, mask_scores
 from sparse_attn_fairseq.modules.attention_stats import AttentionStatsObserver
 from sparse_attn_fairseq.modules.stream_memory import prepend_memory

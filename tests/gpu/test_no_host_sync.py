@@ -125,6 +125,37 @@ def test_streaming_blocks_with_memory_never_wait_for_the_device(arch):
     assert model.stream_memory.tokens("train"), "the memory was not used"
 
 
+@pytest.mark.parametrize("arch", ["transformer_rela", "transformer_adaptive_span"])
+def test_the_flex_core_reads_nothing_on_the_host(arch, monkeypatch):
+    """The flex core's Python (score and mask functions, block mask, ReLA's log-sum-exp scaling) on meta tensors.
+    flex_attention itself cannot run on meta: a stand-in of its signature takes its place; with the statistics off
+    and no dropout the core is chosen for the self-attentions."""
+    from sparse_attn_fairseq.modules import flex_cores
+
+    calls = []
+
+    def flex_stand_in(q, k, v, score_mod=None, block_mask=None, scale=None, return_lse=False, return_aux=None):
+        calls.append(block_mask)
+        out = q * 1.0 + (k.sum() + v.sum()) * 0.0
+        if return_aux is not None or return_lse:
+            lse = q.sum(-1)
+            return (out, type("Aux", (), {"lse": lse})()) if return_aux is not None else (out, lse)
+        return out
+
+    monkeypatch.setattr(flex_cores, "DEVICES", ("cuda", "meta"))
+    monkeypatch.setattr(flex_cores, "_flex", lambda: flex_stand_in)
+    model, task, lm = _build_on_meta(arch)
+    for module in model.modules():
+        if hasattr(module, "observers"):
+            module.observers = []
+            module.dropout_module.p = 0.0
+    recorder = HostSyncRecorder()
+    with recorder, metrics.aggregate(new_root=True):
+        _train_step(model, task, lm)
+    _assert_no_sync_of_ours(recorder)
+    assert len(calls) >= 2  # encoder and decoder self-attention
+
+
 def test_the_recorder_catches_a_sync_of_ours():
     """The check can fail: a host read by this package's code is reported with its line (refresh_bounds reads the
     spans by design, after an update); one asked by other code is recorded apart."""

@@ -48,12 +48,19 @@ def _valid_losses(log: str) -> list:
     return [float(x) for x in re.findall(r"valid on 'valid' subset \| loss ([\d.]+)", log)]
 
 
+_FLOAT32_RUNS = {}  # arch -> its float32 fairseq-train run, shared by the precisions (one process each)
+
+
 @pytest.mark.parametrize("precision", [["--fp16"], ["--memory-efficient-fp16"], ["--amp"], ["--bf16"],
                                        ["--memory-efficient-bf16"]])
 @pytest.mark.parametrize("arch", ["transformer_entmax", "transformer_rela", "transformer_adaptive_span"])
-def test_mixed_precision_training_ends_close_to_float32(translation_data, tmp_path, arch, precision):
+def test_mixed_precision_training_ends_close_to_float32(translation_data, tmp_path_factory, tmp_path, arch,
+                                                         precision):
     """Every precision fairseq offers on CUDA: no NaN or inf, the final validation loss within 0.15 of float32's."""
-    reference = train_translation(translation_data, tmp_path / "fp32", arch, 20, extra=[], cpu=False)
+    if arch not in _FLOAT32_RUNS:
+        _FLOAT32_RUNS[arch] = train_translation(translation_data, tmp_path_factory.mktemp(f"{arch}-fp32"), arch, 20,
+                                                extra=[], cpu=False)
+    reference = _FLOAT32_RUNS[arch]
     result = train_translation(translation_data, tmp_path / "mixed", arch, 20, extra=precision, cpu=False)
     log = result.stdout + result.stderr
     progress = "\n".join(line for line in log.splitlines() if "train_inner" in line or "valid on" in line)

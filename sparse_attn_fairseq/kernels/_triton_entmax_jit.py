@@ -181,6 +181,21 @@ def entmax_fwd(X, P, ALPHA, MASK, ITERS, n_rows, n, D1, D2,
 
 
 @triton.jit
+def _chunked_sums(X, MASK, rows, cols, n, n_rows, mask_rows, stride_mk, masked_below, shift, a1, d0, zeros,
+                  HAS_MASK: tl.constexpr, F64: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """(R, Q) of a long row at d0, one chunk of BLOCK keys at a time."""
+    R = zeros
+    Q = zeros
+    for start in range(0, n, BLOCK):
+        s = _load_rows(X, MASK, rows, start + cols, n, n_rows, mask_rows, stride_mk, masked_below, HAS_MASK,
+                       F64) - shift
+        r, q = _row_weights(s, a1[:, None], (1.0 / d0)[:, None], MODE)
+        R += tl.sum(r, axis=1)
+        Q += tl.sum(q, axis=1)
+    return R, Q
+
+
+@triton.jit
 def entmax_fwd_chunked(X, P, ALPHA, MASK, ITERS, n_rows, n, D1, D2,
                        stride_a0, stride_a1, stride_a2, stride_m0, stride_m1, stride_m2, stride_mk,
                        masked_below, tol,
@@ -219,24 +234,14 @@ def entmax_fwd_chunked(X, P, ALPHA, MASK, ITERS, n_rows, n, D1, D2,
     err = tl.max(d0, axis=0) * 0.0 + 1.0
     steps = 0
     while (err > tol) & (steps < MAX_ITER):
-        R = zeros
-        Q = zeros
-        for start in range(0, n, BLOCK):
-            s = _load_rows(X, MASK, rows, start + cols, n, n_rows, mask_rows, stride_mk, masked_below, HAS_MASK,
-                           F64) - shift
-            r, q = _row_weights(s, a1[:, None], (1.0 / d0)[:, None], MODE)
-            R += tl.sum(r, axis=1)
-            Q += tl.sum(q, axis=1)
+        R, Q = _chunked_sums(X, MASK, rows, cols, n, n_rows, mask_rows, stride_mk, masked_below, shift, a1, d0,
+                             zeros, HAS_MASK, F64, MODE, BLOCK)
         step = _newton_step(d0, R, Q, a1, solve, MODE)
         d0 = d0 - step
         err = tl.max(tl.abs(step) / d0, axis=0)
         steps += 1
-    R = zeros
-    for start in range(0, n, BLOCK):
-        s = _load_rows(X, MASK, rows, start + cols, n, n_rows, mask_rows, stride_mk, masked_below, HAS_MASK,
-                       F64) - shift
-        r, q = _row_weights(s, a1[:, None], (1.0 / d0)[:, None], MODE)
-        R += tl.sum(r, axis=1)
+    R, _ = _chunked_sums(X, MASK, rows, cols, n, n_rows, mask_rows, stride_mk, masked_below, shift, a1, d0, zeros,
+                         HAS_MASK, F64, MODE, BLOCK)
     scale = tl.where(live, 1.0 / tl.where(live, R, 1.0), 0.0)
     scale = tl.where(a1 == a1, scale, float("nan"))  # alpha outside [1, 2]: NaN
     for start in range(0, n, BLOCK):

@@ -277,7 +277,10 @@ def _to(sample, device):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.getLogger("fairseq").setLevel(logging.WARNING)  # the terminal shows the progress bars and the result
+    # the terminal shows the progress bars and the result: no library's INFO lines (fairseq's, or matplotlib's
+    # "generated new fontManager" on a machine without its font cache)
+    for name in ("fairseq", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         scores = read_scores(args.scores)
         reports, maps = run(args)
